@@ -1,0 +1,413 @@
+//! The command line: verbs, their flags and help, and exit codes.
+//!
+//! Exit codes (sysexits-style): 0 ok, 1 runtime failure, 2 usage error, 64 bad configuration.
+//! Verbs print their results on stdout; logs go to stderr through `tracing`.
+
+#![allow(clippy::print_stdout)] // printing results is what these verbs are for
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::bench::{BenchOptions, bench_encoder};
+use crate::encode::verify::verify_dir;
+use crate::encode::{Encoder, ModelDir, TractEncoder, TractOptions, embed};
+use crate::modality::Modality;
+use crate::npy;
+use crate::tensor::Tensor;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a runtime failure (bad input, a failed check, an I/O error).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: bad command-line usage (clap also uses 2).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: bad configuration (EX_USAGE = 64 in sysexits.h).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// sensebind: bind every sensor into one ImageBind embedding space and label it over MQTT.
+#[derive(Debug, Parser)]
+#[command(name = "sensebind", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log filter for stderr (e.g. `info`, `sensebind=debug`); overrides SENSEBIND_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Zero set-up demonstration on the bundled models (until the streaming demo lands: verifies them).
+    Demo(DemoArgs),
+    /// Embed inputs offline: preprocessed `.npy` tensors (batch first) into `[N, dim]` embeddings.
+    ///
+    /// Each INPUT ending in `.npy` is a model input tensor in ImageBind's loader layout, batch first:
+    /// vision `[B,3,224,224]` images, `[B,3,2,224,224]` clips or `[B,15,3,2,224,224]` videos; text `[B,77]` ids;
+    /// audio `[B,1,128,204]` clips or `[B,3,1,128,204]` files; depth/thermal `[B,1,224,224]`; imu `[B,6,2000]`.
+    /// A tensor without the batch dimension is accepted where that is unambiguous; `--unbatched` says every
+    /// input is one item without it (as `sensebind preprocess` writes). Multi-clip rows are averaged as
+    /// ImageBind does. Output rows follow the inputs in order.
+    Embed(EmbedArgs),
+    /// Model directories: verify checksums and self-test vectors.
+    Models {
+        /// What to do with the models.
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Encoder latency and throughput per tower (p50/p95 per call, clips per second).
+    Bench(BenchArgs),
+}
+
+/// `sensebind models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Check every tower: sha256 against the manifest, then its stored self-test vector against PyTorch's output.
+    Verify {
+        /// Model directory (default: the bundled models/imagebind-tiny).
+        dir: Option<PathBuf>,
+        /// Engine threads per tower.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `sensebind demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+/// `sensebind embed`
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// The modality of the inputs.
+    #[arg(long, short)]
+    pub modality: Modality,
+    /// A model directory (with manifest.toml) or a bare ONNX file of one tower (default: the bundled tiny models).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Input files.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Output file: `.npy` (`[N, dim]` f32) or `.json`.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Every `.npy` input is a single item without the batch dimension.
+    #[arg(long)]
+    pub unbatched: bool,
+    /// Engine threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Most clips per encoder call.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+}
+
+/// `sensebind bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model directory (default: the bundled tiny models).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Towers to measure (repeatable; default: every tower in the directory).
+    #[arg(long, short)]
+    pub modality: Vec<Modality>,
+    /// Batch sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    pub batch: Vec<usize>,
+    /// Engine thread counts to compare (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub threads: Vec<usize>,
+    /// Measuring time per configuration, seconds (at least --min-iters calls).
+    #[arg(long, default_value_t = 3.0)]
+    pub secs: f64,
+    /// Fewest timed calls per configuration.
+    #[arg(long, default_value_t = 5)]
+    pub min_iters: usize,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Batch sizes that get a plan optimised for that fixed size (0 = none; others use the symbolic-batch plan).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch_plans: Vec<usize>,
+}
+
+/// Parses the command line, runs the verb and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            if let Err(io) = e.print() {
+                tracing::warn!(error = %io, "Cannot print the usage message.");
+            }
+            return ExitCode::from(code);
+        }
+    };
+    crate::telemetry::init(cli.log.as_deref(), default_log_filter(&cli.command));
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            report_error(&e);
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Prints a verb's final error once, with its chain of causes, as `sensebind: error: ...`.
+#[allow(clippy::print_stderr)]
+fn report_error(e: &anyhow::Error) {
+    eprintln!("sensebind: error: {e:#}");
+}
+
+fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Demo(_) => "info",
+        _ => "warn",
+    }
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Demo(args) => demo(&args),
+        Command::Embed(args) => embed_cmd(&args),
+        Command::Models {
+            command: ModelsCommand::Verify { dir, threads, json },
+        } => models_verify(dir.as_deref(), threads, json),
+        Command::Bench(args) => bench_cmd(&args),
+    }
+}
+
+/// The bundled tiny models: `$SENSEBIND_MODELS`, then `./models/imagebind-tiny`, then next to the executable
+/// (`../share/sensebind/models/imagebind-tiny`), then the source tree this binary was built from.
+pub fn default_model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SENSEBIND_MODELS") {
+        return PathBuf::from(dir);
+    }
+    let candidates = [
+        Some(PathBuf::from("models/imagebind-tiny")),
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|p| p.join("../share/sensebind/models/imagebind-tiny"))),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/imagebind-tiny")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join(crate::encode::manifest::MANIFEST_FILE).is_file())
+        .unwrap_or_else(|| PathBuf::from("models/imagebind-tiny"))
+}
+
+fn demo(_args: &DemoArgs) -> anyhow::Result<u8> {
+    models_verify(None, 1, false)
+}
+
+fn models_verify(dir: Option<&Path>, threads: usize, json: bool) -> anyhow::Result<u8> {
+    let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_model_dir);
+    let options = TractOptions {
+        threads,
+        verify_checksum: true,
+        ..TractOptions::default()
+    };
+    let report = verify_dir(&dir, &options).with_context(|| format!("verifying {}", dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("model {} ({})", report.model, dir.display());
+        println!(
+            "{} bpe      sha256 {}",
+            if report.bpe_ok { "PASS" } else { "FAIL" },
+            if report.bpe_ok { "ok" } else { "mismatch or missing" }
+        );
+        for t in &report.towers {
+            let err = t
+                .max_abs_error
+                .map(|e| format!("max-abs {e:.2e} (tolerance {:.0e}, {} rows)", t.tolerance, t.rows))
+                .unwrap_or_default();
+            println!(
+                "{} {:<8} {:<6} {err} {}",
+                if t.passed { "PASS" } else { "FAIL" },
+                t.modality.as_str(),
+                t.backend,
+                if t.passed { String::new() } else { t.detail.clone() }
+            );
+        }
+    }
+    Ok(if report.passed() { EXIT_OK } else { EXIT_FAILURE })
+}
+
+/// Loads an encoder from a model directory or a bare ONNX file.
+pub fn load_encoder(model: Option<&Path>, modality: Modality, threads: usize) -> anyhow::Result<TractEncoder> {
+    let options = TractOptions {
+        threads,
+        verify_checksum: true,
+        ..TractOptions::default()
+    };
+    let path = model.map(Path::to_path_buf).unwrap_or_else(default_model_dir);
+    let encoder = if path.is_dir() {
+        let dir = ModelDir::open(&path)?;
+        TractEncoder::from_model_dir(&dir, modality, &options)?
+    } else {
+        TractEncoder::from_onnx(&path, modality, &options)?
+    };
+    Ok(encoder)
+}
+
+fn embed_cmd(args: &EmbedArgs) -> anyhow::Result<u8> {
+    let out_kind = OutputKind::from_path(&args.out)?;
+    let encoder = load_encoder(args.model.as_deref(), args.modality, args.threads)?;
+    let mut rows: Vec<(String, usize)> = Vec::new();
+    let mut embeddings: Vec<f32> = Vec::new();
+    let dim = encoder.info().output_dim;
+    for input in &args.inputs {
+        let name = input.display().to_string();
+        let tensor = read_input(input, args.modality)?;
+        let emb =
+            embed_any(&encoder, tensor, args.unbatched, args.max_batch).with_context(|| format!("embedding {name}"))?;
+        let n = emb.shape()[0];
+        embeddings.extend_from_slice(emb.as_f32().unwrap_or_default());
+        rows.extend((0..n).map(|i| (name.clone(), i)));
+    }
+    let result = Tensor::from_f32(vec![rows.len(), dim], embeddings)?;
+    match out_kind {
+        OutputKind::Npy => npy::write(&args.out, &result)?,
+        OutputKind::Json => {
+            let values = result.as_f32().unwrap_or_default();
+            let doc = serde_json::json!({
+                "schema": "embeddings/1",
+                "modality": args.modality,
+                "model": encoder.info().model_id,
+                "backend": encoder.backend(),
+                "dim": dim,
+                "rows": rows.iter().enumerate().map(|(i, (input, index))| serde_json::json!({
+                    "input": input,
+                    "index": index,
+                    "embedding": &values[i * dim..(i + 1) * dim],
+                })).collect::<Vec<_>>(),
+            });
+            let text = serde_json::to_string(&doc)?;
+            std::fs::write(&args.out, text).with_context(|| format!("cannot write {}", args.out.display()))?;
+        }
+    }
+    println!(
+        "wrote {} embeddings of dimension {dim} ({}, {}) to {}",
+        rows.len(),
+        encoder.info().model_id,
+        encoder.backend(),
+        args.out.display()
+    );
+    Ok(EXIT_OK)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OutputKind {
+    Npy,
+    Json,
+}
+
+impl OutputKind {
+    fn from_path(path: &Path) -> anyhow::Result<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("npy") => Ok(Self::Npy),
+            Some("json") => Ok(Self::Json),
+            _ => bail!("--out {} must end in .npy or .json", path.display()),
+        }
+    }
+}
+
+/// Reads one input file as a model input tensor.
+fn read_input(path: &Path, modality: Modality) -> anyhow::Result<Tensor> {
+    let is_npy = path.extension().and_then(|e| e.to_str()) == Some("npy");
+    if !is_npy {
+        bail!(
+            "{}: only preprocessed .npy tensors are accepted for {modality} in this build",
+            path.display()
+        );
+    }
+    Ok(npy::read(path)?)
+}
+
+/// Embeds a tensor that may lack its batch dimension.
+fn embed_any(encoder: &dyn Encoder, tensor: Tensor, unbatched: bool, max_batch: usize) -> anyhow::Result<Tensor> {
+    let with_batch = |t: Tensor| {
+        let mut shape = vec![1];
+        shape.extend_from_slice(t.shape());
+        t.reshape(shape)
+    };
+    if unbatched {
+        return Ok(embed(encoder, &with_batch(tensor)?, max_batch)?);
+    }
+    match embed(encoder, &tensor, max_batch) {
+        Ok(e) => Ok(e),
+        Err(first @ crate::encode::EncodeError::InputShape { .. }) => {
+            // No batch-first reading fits; try it as one item without the batch dimension.
+            embed(encoder, &with_batch(tensor)?, max_batch).map_err(|_| first.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn bench_cmd(args: &BenchArgs) -> anyhow::Result<u8> {
+    let dir_path = args.model.clone().unwrap_or_else(default_model_dir);
+    let dir = ModelDir::open(&dir_path)?;
+    let modalities = if args.modality.is_empty() {
+        dir.modalities()
+    } else {
+        args.modality.clone()
+    };
+    let options = BenchOptions {
+        target: std::time::Duration::from_secs_f64(args.secs.max(0.0)),
+        min_iters: args.min_iters.max(1),
+        ..BenchOptions::default()
+    };
+    if !args.json {
+        println!("model {} ({})", dir.manifest().name, dir_path.display());
+        println!(
+            "{:<8} {:<7} {:>7} {:>5} {:>6} {:>10} {:>10} {:>10}",
+            "tower", "backend", "threads", "batch", "iters", "p50 ms", "p95 ms", "clips/s"
+        );
+    }
+    for &modality in &modalities {
+        for &threads in &args.threads {
+            let encoder = TractEncoder::from_model_dir(
+                &dir,
+                modality,
+                &TractOptions {
+                    threads,
+                    verify_checksum: true,
+                    batch_plans: args.batch_plans.clone(),
+                },
+            )?;
+            for &batch in &args.batch {
+                let row = bench_encoder(&encoder, batch.max(1), threads, &options)?;
+                if args.json {
+                    println!("{}", serde_json::to_string(&row)?);
+                } else {
+                    println!(
+                        "{:<8} {:<7} {:>7} {:>5} {:>6} {:>10.2} {:>10.2} {:>10.1}",
+                        row.modality,
+                        row.backend,
+                        row.threads,
+                        row.batch,
+                        row.iters,
+                        row.p50_ms,
+                        row.p95_ms,
+                        row.clips_per_s
+                    );
+                }
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}

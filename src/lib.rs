@@ -1,0 +1,25 @@
+//! # sensebind
+//!
+//! An edge daemon that binds every sensor on a device into one ImageBind embedding space and labels it over
+//! MQTT. Data flows through these modules:
+//!
+//! ```text
+//! sources ─► ring buffers ─► windows ─► preprocess ─► encode ─► labels ─► publish
+//! ```
+//!
+//! - [`modality`]: the six ImageBind modality names used everywhere.
+//! - [`tensor`] and [`npy`]: the array type that moves between stages, and `.npy` files.
+//! - [`encode`]: model directories (manifest, checksums), the [`encode::Encoder`] trait, the tract backend,
+//!   `models verify`.
+//! - [`bench`]: encoder latency and throughput.
+//! - [`cli`]: the `sensebind` command line; [`telemetry`]: logging.
+//!
+//! See `ARCHITECTURE.md` for the module map and the threading model.
+
+pub mod bench;
+pub mod cli;
+pub mod encode;
+pub mod modality;
+pub mod npy;
+pub mod telemetry;
+pub mod tensor;
