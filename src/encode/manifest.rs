@@ -1,0 +1,285 @@
+//! Model directories: `manifest.toml` + one ONNX file per modality + the BPE vocabulary.
+//!
+//! The manifest is written by `tools/export_imagebind.py`. It names each tower's file and sha256, its input
+//! (name, per-clip shape, dtype), output dimension and scale, the architecture it was exported with, a self-test
+//! pair, and the preprocessing constants. See `docs/models.md`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::EncodeError;
+use crate::modality::Modality;
+use crate::tensor::DType;
+
+/// The manifest file name inside a model directory.
+pub const MANIFEST_FILE: &str = "manifest.toml";
+
+/// `manifest.toml`, as written by the exporter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version (1).
+    pub schema: u32,
+    /// Model name, e.g. `imagebind-tiny`.
+    pub name: String,
+    /// Where the weights came from: `checkpoint`, `tiny` or `random`.
+    pub source: String,
+    /// Seed of the random weights (`tiny`, `random`).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Dimension of the joint embedding space (1024 for ImageBind).
+    pub embed_dim: usize,
+    /// ONNX opset of the exported graphs.
+    pub opset: u32,
+    /// The tool that wrote the directory.
+    pub exporter: String,
+    /// The ImageBind code the graphs were built from.
+    pub imagebind: String,
+    /// The PyTorch version that exported them.
+    pub torch: String,
+    /// The CLIP BPE vocabulary file.
+    pub bpe: String,
+    /// Its sha256.
+    pub bpe_sha256: String,
+    /// One entry per exported modality.
+    pub towers: BTreeMap<Modality, TowerManifest>,
+}
+
+/// One modality's entry in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TowerManifest {
+    /// ONNX file, relative to the model directory.
+    pub file: String,
+    /// sha256 of the ONNX file, lower-case hex.
+    pub sha256: String,
+    /// Name of the graph input.
+    pub input_name: String,
+    /// Per-clip input shape (without the batch dimension).
+    pub input_shape: Vec<usize>,
+    /// Input element type.
+    pub input_dtype: DType,
+    /// Name of the graph output.
+    pub output_name: String,
+    /// Embedding dimension.
+    pub output_dim: usize,
+    /// The modality's logit scale baked into the output (the embedding's L2 norm per clip).
+    pub scale: f32,
+    /// Transformer width.
+    pub width: usize,
+    /// Transformer blocks.
+    pub blocks: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// External weights file for graphs above protobuf's 2 GB limit.
+    #[serde(default)]
+    pub external_data: Option<String>,
+    /// sha256 of the external weights file.
+    #[serde(default)]
+    pub external_data_sha256: Option<String>,
+    /// Self-test input (`.npy`, in ImageBind's loader layout, batch first).
+    #[serde(default)]
+    pub selftest_input: Option<String>,
+    /// PyTorch's output for the self-test input (`.npy`, `[B, output_dim]`).
+    #[serde(default)]
+    pub selftest_output: Option<String>,
+    /// Maximum absolute difference the self-test accepts.
+    #[serde(default)]
+    pub selftest_tolerance: Option<f32>,
+    /// Preprocessing constants (see `docs/preprocessing.md`); interpreted by the preprocessing module.
+    #[serde(default)]
+    pub preprocess: toml::Table,
+}
+
+/// An opened model directory.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    root: PathBuf,
+    manifest: Manifest,
+}
+
+impl ModelDir {
+    /// Opens `dir/manifest.toml`, checking that it parses and names consistent towers.
+    pub fn open(dir: &Path) -> Result<Self, EncodeError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|cause| EncodeError::Io {
+            op: "cannot read the model manifest",
+            path: path.clone(),
+            cause,
+        })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| EncodeError::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if manifest.schema != 1 {
+            return Err(EncodeError::Manifest {
+                path,
+                reason: format!(
+                    "manifest schema {} is not supported (this build reads schema 1)",
+                    manifest.schema
+                ),
+            });
+        }
+        for (modality, tower) in &manifest.towers {
+            if tower.output_dim != manifest.embed_dim {
+                return Err(EncodeError::Manifest {
+                    path,
+                    reason: format!(
+                        "towers.{modality}.output_dim is {} but embed_dim is {}",
+                        tower.output_dim, manifest.embed_dim
+                    ),
+                });
+            }
+        }
+        Ok(Self {
+            root: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The parsed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The modalities this directory has towers for, in ImageBind's order.
+    pub fn modalities(&self) -> Vec<Modality> {
+        Modality::ALL
+            .into_iter()
+            .filter(|m| self.manifest.towers.contains_key(m))
+            .collect()
+    }
+
+    /// The manifest entry of one tower.
+    pub fn tower(&self, modality: Modality) -> Result<&TowerManifest, EncodeError> {
+        self.manifest.towers.get(&modality).ok_or_else(|| EncodeError::NoTower {
+            modality,
+            dir: self.root.clone(),
+        })
+    }
+
+    /// Resolves a path named in the manifest.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// A stable identifier for the tower's weights: `name@sha256-prefix`.
+    pub fn model_id(&self, modality: Modality) -> Result<String, EncodeError> {
+        let tower = self.tower(modality)?;
+        Ok(format!(
+            "{}@{}",
+            self.manifest.name,
+            &tower.sha256[..tower.sha256.len().min(12)]
+        ))
+    }
+
+    /// Verifies the sha256 of a tower's ONNX file (and external weights, if any).
+    pub fn verify_tower_checksum(&self, modality: Modality) -> Result<(), EncodeError> {
+        let tower = self.tower(modality)?;
+        verify_sha256(&self.path(&tower.file), &tower.sha256)?;
+        if let Some(data) = &tower.external_data {
+            let expected = tower
+                .external_data_sha256
+                .as_deref()
+                .ok_or_else(|| EncodeError::Manifest {
+                    path: self.root.join(MANIFEST_FILE),
+                    reason: format!("towers.{modality}.external_data has no external_data_sha256"),
+                })?;
+            verify_sha256(&self.path(data), expected)?;
+        }
+        Ok(())
+    }
+
+    /// Verifies the sha256 of the BPE vocabulary.
+    pub fn verify_bpe_checksum(&self) -> Result<(), EncodeError> {
+        verify_sha256(&self.path(&self.manifest.bpe), &self.manifest.bpe_sha256)
+    }
+}
+
+/// Computes the sha256 of a file as lower-case hex.
+pub fn sha256_file(path: &Path) -> Result<String, EncodeError> {
+    let io_err = |cause| EncodeError::Io {
+        op: "cannot read",
+        path: path.to_path_buf(),
+        cause,
+    };
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// Fails with [`EncodeError::Checksum`] unless `path` hashes to `expected`.
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), EncodeError> {
+    if !path.exists() {
+        return Err(EncodeError::MissingFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let actual = sha256_file(path)?;
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(EncodeError::Checksum {
+            path: path.to_path_buf(),
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_matches_known_vector() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("abc");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(verify_sha256(&p, "00").is_err());
+    }
+
+    #[test]
+    fn manifest_rejects_unknown_keys_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            "schema = 1\nname='x'\nsource='tiny'\nembed_dim=4\nopset=18\nexporter=''\nimagebind=''\ntorch=''\n\
+             bpe='b'\nbpe_sha256='0'\ncolour='red'\n[towers]\n",
+        )
+        .unwrap();
+        let err = ModelDir::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("colour") && err.contains("manifest.toml"), "{err}");
+    }
+}

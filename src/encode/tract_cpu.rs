@@ -1,0 +1,353 @@
+//! The tract backend: pure-Rust CPU inference of the exported ONNX towers.
+//!
+//! Load → check the graph's input/output against the manifest → optimise once → a runnable plan shared by every
+//! call. The batch dimension stays symbolic, so one plan serves batches of any size. Each encoder owns its thread
+//! pool (`threads`); with one thread it runs on the caller's thread.
+//!
+//! Robustness: tract reports malformed graphs as errors, but as defence in depth every call into tract is wrapped
+//! in `catch_unwind`, so a corrupt or hostile model file becomes an [`EncodeError`], never a crash of the daemon.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tract_onnx::prelude::{
+    Framework, InferenceModelExt, IntoTValue, RunOptions, TDim, Tensor as TractTensor, TypedModel, TypedRunnableModel,
+    tvec,
+};
+
+use tract_onnx::prelude::tract_data::internal::DimLike;
+
+use super::{EncodeError, Encoder, EncoderInfo, ModelDir, check_batch};
+use crate::modality::Modality;
+use crate::tensor::{DType, Tensor, TensorData};
+
+/// How to load a tract encoder.
+#[derive(Debug, Clone)]
+pub struct TractOptions {
+    /// Threads for matrix products inside one inference (1 = the calling thread only).
+    pub threads: usize,
+    /// Check the ONNX file's sha256 against the manifest before loading.
+    pub verify_checksum: bool,
+    /// Batch sizes that get a plan of their own, optimised with the batch dimension fixed (about 15–20 % faster
+    /// on ImageBind towers: tract fuses more once shapes are concrete). Other sizes use the symbolic-batch plan.
+    /// Each extra plan holds its own packed copy of the weights.
+    pub batch_plans: Vec<usize>,
+}
+
+impl Default for TractOptions {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            verify_checksum: true,
+            batch_plans: vec![1],
+        }
+    }
+}
+
+/// An ImageBind tower running on tract.
+pub struct TractEncoder {
+    info: EncoderInfo,
+    plan: Arc<TypedRunnableModel>,
+    /// Plans optimised for one fixed batch size, by batch size.
+    fixed_plans: Vec<(usize, Arc<TypedRunnableModel>)>,
+}
+
+impl std::fmt::Debug for TractEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TractEncoder")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TractEncoder {
+    /// Loads a modality's tower from a model directory, verifying its checksum (unless disabled) and checking the
+    /// graph against the manifest.
+    pub fn from_model_dir(dir: &ModelDir, modality: Modality, options: &TractOptions) -> Result<Self, EncodeError> {
+        let tower = dir.tower(modality)?;
+        let path = dir.path(&tower.file);
+        if !path.exists() {
+            return Err(EncodeError::MissingFile { path });
+        }
+        if options.verify_checksum {
+            dir.verify_tower_checksum(modality)?;
+        }
+        let model_id = dir.model_id(modality)?;
+        let encoder = Self::load(&path, modality, model_id, options)?;
+        let info = &encoder.info;
+        if info.input_shape != tower.input_shape || info.input_dtype != tower.input_dtype {
+            return Err(EncodeError::Manifest {
+                path: dir.root().join(super::manifest::MANIFEST_FILE),
+                reason: format!(
+                    "towers.{modality} says the input is {} {:?}, but {} takes {} {:?}",
+                    tower.input_dtype,
+                    tower.input_shape,
+                    path.display(),
+                    info.input_dtype,
+                    info.input_shape
+                ),
+            });
+        }
+        if info.output_dim != tower.output_dim {
+            return Err(EncodeError::Manifest {
+                path: dir.root().join(super::manifest::MANIFEST_FILE),
+                reason: format!(
+                    "towers.{modality}.output_dim is {}, but {} outputs {}",
+                    tower.output_dim,
+                    path.display(),
+                    info.output_dim
+                ),
+            });
+        }
+        Ok(encoder)
+    }
+
+    /// Loads a bare ONNX file (no manifest): the input and output are read from the graph.
+    pub fn from_onnx(path: &Path, modality: Modality, options: &TractOptions) -> Result<Self, EncodeError> {
+        if !path.exists() {
+            return Err(EncodeError::MissingFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let model_id = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Self::load(path, modality, model_id, options)
+    }
+
+    fn load(path: &Path, modality: Modality, model_id: String, options: &TractOptions) -> Result<Self, EncodeError> {
+        let load_err = |reason: String| EncodeError::Load {
+            modality,
+            path: path.to_path_buf(),
+            reason,
+        };
+        let threads = options.threads.max(1);
+        let prepared = catch_unwind(AssertUnwindSafe(|| prepare(path, threads, &options.batch_plans)))
+            .map_err(|panic| load_err(format!("the ONNX loader panicked: {}", panic_message(&panic))))?
+            .map_err(|e| load_err(format!("{e:#}")))?;
+        let Prepared {
+            plan,
+            fixed_plans,
+            input_shape,
+            input_dtype,
+            output_dim,
+            fixed_batch,
+        } = prepared;
+        tracing::debug!(
+            modality = %modality,
+            model = %model_id,
+            input = ?input_shape,
+            output_dim,
+            threads,
+            "Loaded tract encoder."
+        );
+        Ok(Self {
+            info: EncoderInfo {
+                modality,
+                model_id,
+                input_shape,
+                input_dtype,
+                output_dim,
+                fixed_batch,
+                path: PathBuf::from(path),
+            },
+            plan,
+            fixed_plans,
+        })
+    }
+
+    fn run_once(&self, batch: &Tensor) -> Result<Tensor, EncodeError> {
+        let run_err = |reason: String| EncodeError::Run {
+            model: self.info.model_id.clone(),
+            reason,
+        };
+        let rows = batch.shape()[0];
+        let input = to_tract(batch).map_err(|e| run_err(format!("{e:#}")))?;
+        let plan = self
+            .fixed_plans
+            .iter()
+            .find(|(b, _)| *b == rows)
+            .map_or(&self.plan, |(_, p)| p);
+        let outputs = catch_unwind(AssertUnwindSafe(|| plan.run(tvec!(input.into_tvalue()))))
+            .map_err(|panic| run_err(format!("the engine panicked: {}", panic_message(&panic))))?
+            .map_err(|e| run_err(format!("{e:#}")))?;
+        let output = outputs
+            .first()
+            .ok_or_else(|| run_err("the model returned no output".into()))?;
+        let view = output.try_as_plain_ram().map_err(|e| run_err(format!("{e:#}")))?;
+        let values = view
+            .as_slice::<f32>()
+            .map_err(|e| run_err(format!("the output is not f32: {e:#}")))?;
+        let dim = self.info.output_dim;
+        if values.len() != rows * dim {
+            return Err(run_err(format!(
+                "the output has shape {:?}, expected [{rows}, {dim}]",
+                output.shape()
+            )));
+        }
+        if let Some(pos) = values.iter().position(|x| !x.is_finite()) {
+            return Err(EncodeError::NonFiniteOutput {
+                model: self.info.model_id.clone(),
+                row: pos / dim.max(1),
+            });
+        }
+        Tensor::from_f32(vec![rows, dim], values.to_vec()).map_err(|e| run_err(e.to_string()))
+    }
+}
+
+impl Encoder for TractEncoder {
+    fn info(&self) -> &EncoderInfo {
+        &self.info
+    }
+
+    fn encode(&self, batch: &Tensor) -> Result<Tensor, EncodeError> {
+        check_batch(&self.info, batch)?;
+        match self.info.fixed_batch {
+            Some(n) if batch.shape()[0] != n => self.encode_fixed(batch, n),
+            _ => self.run_once(batch),
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "tract"
+    }
+}
+
+impl TractEncoder {
+    /// A graph exported with a fixed batch size: run chunks of exactly `n`, padding the last with its first row.
+    fn encode_fixed(&self, batch: &Tensor, n: usize) -> Result<Tensor, EncodeError> {
+        let rows = batch.shape()[0];
+        let row_len = batch.len() / rows.max(1);
+        let dim = self.info.output_dim;
+        let mut out = Vec::with_capacity(rows * dim);
+        for start in (0..rows).step_by(n.max(1)) {
+            let end = (start + n).min(rows);
+            let mut shape = batch.shape().to_vec();
+            shape[0] = n;
+            let data = match batch.data() {
+                TensorData::F32(v) => TensorData::F32(pad_rows(&v[start * row_len..end * row_len], row_len, n)),
+                TensorData::I64(v) => TensorData::I64(pad_rows(&v[start * row_len..end * row_len], row_len, n)),
+            };
+            let chunk = Tensor::new(shape, data).map_err(|e| EncodeError::Run {
+                model: self.info.model_id.clone(),
+                reason: e.to_string(),
+            })?;
+            let emb = self.run_once(&chunk)?;
+            out.extend_from_slice(&emb.as_f32().unwrap_or_default()[..(end - start) * dim]);
+        }
+        Tensor::from_f32(vec![rows, dim], out).map_err(|e| EncodeError::Run {
+            model: self.info.model_id.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn pad_rows<T: Copy>(rows: &[T], row_len: usize, n: usize) -> Vec<T> {
+    let mut v = rows.to_vec();
+    while v.len() < n * row_len {
+        v.extend_from_slice(&rows[..row_len]);
+    }
+    v
+}
+
+struct Prepared {
+    plan: Arc<TypedRunnableModel>,
+    fixed_plans: Vec<(usize, Arc<TypedRunnableModel>)>,
+    input_shape: Vec<usize>,
+    input_dtype: DType,
+    output_dim: usize,
+    fixed_batch: Option<usize>,
+}
+
+fn prepare(path: &Path, threads: usize, batch_plans: &[usize]) -> anyhow::Result<Prepared> {
+    let model = tract_onnx::onnx().model_for_path(path)?;
+    anyhow::ensure!(
+        model.inputs.len() == 1,
+        "the graph has {} inputs; an ImageBind tower has exactly one",
+        model.inputs.len()
+    );
+    anyhow::ensure!(!model.outputs.is_empty(), "the graph has no outputs");
+    let typed: TypedModel = model.into_typed()?;
+    let input_fact = typed.input_fact(0)?.clone();
+    let input_dtype = match input_fact.datum_type {
+        tract_onnx::prelude::DatumType::F32 => DType::F32,
+        tract_onnx::prelude::DatumType::I64 => DType::I64,
+        other => anyhow::bail!("the graph input is {other:?}; sensebind feeds f32 or i64 tensors"),
+    };
+    let dims: Vec<_> = input_fact.shape.iter().collect();
+    anyhow::ensure!(
+        dims.len() >= 2,
+        "the graph input has rank {}, expected a batch dimension and more",
+        dims.len()
+    );
+    let fixed_batch = dims[0].to_usize().ok();
+    let input_shape = dims[1..]
+        .iter()
+        .map(|d| d.to_usize())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the graph input {:?} has a symbolic dimension after the batch",
+                input_fact.shape
+            )
+        })?;
+    let output_fact = typed.output_fact(0)?.clone();
+    let out_dims: Vec<_> = output_fact.shape.iter().collect();
+    anyhow::ensure!(
+        out_dims.len() == 2,
+        "the graph output {:?} is not [batch, dim]",
+        output_fact.shape
+    );
+    anyhow::ensure!(
+        output_fact.datum_type == tract_onnx::prelude::DatumType::F32,
+        "the graph output is {:?}, expected f32",
+        output_fact.datum_type
+    );
+    let output_dim = out_dims[1]
+        .to_usize()
+        .map_err(|_| anyhow::anyhow!("the graph output {:?} has a symbolic dimension", output_fact.shape))?;
+    let options = RunOptions {
+        executor: (threads > 1)
+            .then(|| tract_linalg::multithread::Executor::multithread_with_name(threads, "sensebind-tract")),
+        ..RunOptions::default()
+    };
+    let mut fixed_plans = Vec::new();
+    if let TDim::Sym(symbol) = dims[0] {
+        let mut sizes: Vec<usize> = batch_plans.iter().copied().filter(|&b| b >= 1).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        for b in sizes {
+            let subs = std::iter::once((symbol.clone(), TDim::Val(b as i64))).collect();
+            let fixed = typed.set_symbols(&subs)?.into_optimized()?;
+            fixed_plans.push((b, fixed.into_runnable_with_options(&options)?));
+        }
+    }
+    let plan = typed.into_optimized()?.into_runnable_with_options(&options)?;
+    Ok(Prepared {
+        plan,
+        fixed_plans,
+        input_shape,
+        input_dtype,
+        output_dim,
+        fixed_batch,
+    })
+}
+
+fn to_tract(t: &Tensor) -> anyhow::Result<TractTensor> {
+    Ok(match t.data() {
+        TensorData::F32(v) => TractTensor::from_shape(t.shape(), v)?,
+        TensorData::I64(v) => TractTensor::from_shape(t.shape(), v)?,
+    })
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}

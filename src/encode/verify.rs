@@ -1,0 +1,153 @@
+//! `sensebind models verify`: checksums plus every tower's stored self-test vector.
+
+use std::path::Path;
+
+use super::{EncodeError, ModelDir, TractEncoder, TractOptions, embed};
+use crate::modality::Modality;
+use crate::npy;
+
+/// Default self-test tolerance when the manifest gives none.
+pub const DEFAULT_TOLERANCE: f32 = 1e-5;
+
+/// The outcome of one tower's check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TowerCheck {
+    /// The tower.
+    pub modality: Modality,
+    /// The backend that ran it.
+    pub backend: String,
+    /// Whether the checksum, load and self-test all passed.
+    pub passed: bool,
+    /// Largest absolute difference from PyTorch's stored output, when the self-test ran.
+    pub max_abs_error: Option<f32>,
+    /// The tolerance applied.
+    pub tolerance: f32,
+    /// Rows in the self-test batch.
+    pub rows: usize,
+    /// Why it failed, or a note.
+    pub detail: String,
+}
+
+/// The outcome of checking a model directory.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    /// The model's name.
+    pub model: String,
+    /// Whether the BPE vocabulary's checksum matched.
+    pub bpe_ok: bool,
+    /// One entry per tower, in ImageBind's order.
+    pub towers: Vec<TowerCheck>,
+}
+
+impl VerifyReport {
+    /// True when everything passed.
+    pub fn passed(&self) -> bool {
+        self.bpe_ok && self.towers.iter().all(|t| t.passed)
+    }
+}
+
+/// Checks every tower of a model directory: sha256, load, self-test within tolerance.
+pub fn verify_dir(dir: &Path, options: &TractOptions) -> Result<VerifyReport, EncodeError> {
+    let model_dir = ModelDir::open(dir)?;
+    let bpe_ok = match model_dir.verify_bpe_checksum() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(model = %model_dir.manifest().name, error = %e, "BPE vocabulary failed its check.");
+            false
+        }
+    };
+    let towers = model_dir
+        .modalities()
+        .into_iter()
+        .map(|m| check_tower(&model_dir, m, options))
+        .collect();
+    Ok(VerifyReport {
+        model: model_dir.manifest().name.clone(),
+        bpe_ok,
+        towers,
+    })
+}
+
+fn check_tower(dir: &ModelDir, modality: Modality, options: &TractOptions) -> TowerCheck {
+    let tolerance = dir
+        .tower(modality)
+        .ok()
+        .and_then(|t| t.selftest_tolerance)
+        .unwrap_or(DEFAULT_TOLERANCE);
+    let mut check = TowerCheck {
+        modality,
+        backend: "tract".into(),
+        passed: false,
+        max_abs_error: None,
+        tolerance,
+        rows: 0,
+        detail: String::new(),
+    };
+    match run_selftest(dir, modality, options) {
+        Ok(None) => {
+            check.passed = true;
+            check.detail = "checksum ok; no self-test vector in the manifest".into();
+        }
+        Ok(Some((err, rows))) => {
+            check.max_abs_error = Some(err);
+            check.rows = rows;
+            check.passed = err <= tolerance;
+            check.detail = if check.passed {
+                "ok".into()
+            } else {
+                format!("max-abs error {err:.3e} exceeds the tolerance {tolerance:.1e}")
+            };
+        }
+        Err(e) => check.detail = e.to_string(),
+    }
+    check
+}
+
+/// Runs the self-test; `None` when the manifest has no self-test pair. Returns (max-abs error, rows).
+fn run_selftest(
+    dir: &ModelDir,
+    modality: Modality,
+    options: &TractOptions,
+) -> Result<Option<(f32, usize)>, EncodeError> {
+    let encoder = TractEncoder::from_model_dir(dir, modality, options)?;
+    let tower = dir.tower(modality)?;
+    let (Some(input), Some(output)) = (&tower.selftest_input, &tower.selftest_output) else {
+        return Ok(None);
+    };
+    let read = |rel: &str| {
+        npy::read(&dir.path(rel)).map_err(|e| EncodeError::Manifest {
+            path: dir.path(rel),
+            reason: e.to_string(),
+        })
+    };
+    let input = read(input)?;
+    let expected = read(output)?;
+    let got = embed(&encoder, &input, 16)?;
+    if got.shape() != expected.shape() {
+        return Err(EncodeError::Run {
+            model: encoder_id(dir, modality),
+            reason: format!(
+                "the self-test output has shape {:?}, PyTorch's has {:?}",
+                got.shape(),
+                expected.shape()
+            ),
+        });
+    }
+    let err = max_abs_diff(got.as_f32().unwrap_or_default(), expected.as_f32().unwrap_or_default());
+    Ok(Some((err, got.shape()[0])))
+}
+
+fn encoder_id(dir: &ModelDir, modality: Modality) -> String {
+    dir.model_id(modality).unwrap_or_else(|_| modality.to_string())
+}
+
+/// Largest absolute element-wise difference (NaN counts as infinitely different).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() { f32::INFINITY } else { d }
+        })
+        .fold(0.0, f32::max)
+}
