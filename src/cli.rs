@@ -16,6 +16,8 @@ use crate::encode::verify::verify_dir;
 use crate::encode::{Encoder, ModelDir, TractEncoder, TractOptions, embed};
 use crate::modality::Modality;
 use crate::npy;
+use crate::preprocess::text::{CONTEXT_LENGTH, Tokenizer};
+use crate::preprocess::{self, PreprocessConfig};
 use crate::tensor::Tensor;
 
 /// Exit code: success.
@@ -44,8 +46,10 @@ pub struct Cli {
 pub enum Command {
     /// Zero set-up demonstration on the bundled models (until the streaming demo lands: verifies them).
     Demo(DemoArgs),
-    /// Embed inputs offline: preprocessed `.npy` tensors (batch first) into `[N, dim]` embeddings.
+    /// Embed inputs offline: media files, texts or preprocessed `.npy` tensors into `[N, dim]` embeddings.
     ///
+    /// A media file is preprocessed as `sensebind preprocess` does (a video or an audio file gives one row: the
+    /// mean of its clips, as ImageBind). With `--text`, each INPUT is a prompt.
     /// Each INPUT ending in `.npy` is a model input tensor in ImageBind's loader layout, batch first:
     /// vision `[B,3,224,224]` images, `[B,3,2,224,224]` clips or `[B,15,3,2,224,224]` videos; text `[B,77]` ids;
     /// audio `[B,1,128,204]` clips or `[B,3,1,128,204]` files; depth/thermal `[B,1,224,224]`; imu `[B,6,2000]`.
@@ -61,6 +65,57 @@ pub enum Command {
     },
     /// Encoder latency and throughput per tower (p50/p95 per call, clips per second).
     Bench(BenchArgs),
+    /// Write exactly the tensor ImageBind's data loader gives for a media file (without the batch dimension).
+    ///
+    /// vision: PNG/JPEG → [3,224,224], video (anything FFmpeg reads) → [15,3,2,224,224]; audio (WAV/FLAC/Ogg) →
+    /// [3,1,128,204]; depth (16-bit PNG in mm, or .npy in metres) → [1,224,224]; thermal (8/16-bit PNG, JPEG) →
+    /// [1,224,224]; imu (CSV/TSV) → [6,2000]; text (a file, one prompt per line) → [N,77].
+    Preprocess(PreprocessArgs),
+    /// CLIP BPE token ids of texts, 77 per text, exactly as ImageBind's tokenizer gives them.
+    Tokenize(TokenizeArgs),
+}
+
+/// `sensebind preprocess`
+#[derive(Debug, Args)]
+pub struct PreprocessArgs {
+    /// The modality of the input.
+    #[arg(long, short)]
+    pub modality: Modality,
+    /// The media file.
+    pub input: PathBuf,
+    /// Output `.npy` file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub params: ParamsArgs,
+}
+
+/// Preprocessing parameters shared by `preprocess` and `embed`.
+#[derive(Debug, Args)]
+pub struct ParamsArgs {
+    /// TOML file with `[depth]`, `[thermal]` and `[imu]` tables (see docs/preprocessing.md).
+    #[arg(long, value_name = "FILE")]
+    pub params: Option<PathBuf>,
+    /// IMU input rate when the file has no time column (overrides the params file).
+    #[arg(long, value_name = "HZ")]
+    pub imu_rate_hz: Option<f64>,
+    /// Model directory whose BPE vocabulary tokenizes text (default: the bundled models).
+    #[arg(long = "vocab-model", value_name = "DIR")]
+    pub vocab_model: Option<PathBuf>,
+}
+
+/// `sensebind tokenize`
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    /// Texts to tokenize.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+    /// Print one JSON array holding an array of 77 ids per text.
+    #[arg(long)]
+    pub json: bool,
+    /// Model directory whose BPE vocabulary to use (default: the bundled models).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
 }
 
 /// `sensebind models ...`
@@ -105,6 +160,11 @@ pub struct EmbedArgs {
     /// Every `.npy` input is a single item without the batch dimension.
     #[arg(long)]
     pub unbatched: bool,
+    /// The inputs are texts to embed (with `--modality text`), not files.
+    #[arg(long)]
+    pub text: bool,
+    #[command(flatten)]
+    pub params: ParamsArgs,
     /// Engine threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -186,6 +246,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             command: ModelsCommand::Verify { dir, threads, json },
         } => models_verify(dir.as_deref(), threads, json),
         Command::Bench(args) => bench_cmd(&args),
+        Command::Preprocess(args) => preprocess_cmd(&args),
+        Command::Tokenize(args) => tokenize_cmd(&args),
     }
 }
 
@@ -270,11 +332,12 @@ fn embed_cmd(args: &EmbedArgs) -> anyhow::Result<u8> {
     let mut rows: Vec<(String, usize)> = Vec::new();
     let mut embeddings: Vec<f32> = Vec::new();
     let dim = encoder.info().output_dim;
+    let inputs = EmbedInputs::new(args)?;
     for input in &args.inputs {
         let name = input.display().to_string();
-        let tensor = read_input(input, args.modality)?;
-        let emb =
-            embed_any(&encoder, tensor, args.unbatched, args.max_batch).with_context(|| format!("embedding {name}"))?;
+        let (tensor, unbatched) = inputs.read(input).with_context(|| format!("embedding {name}"))?;
+        let emb = embed_any(&encoder, tensor, unbatched || args.unbatched, args.max_batch)
+            .with_context(|| format!("embedding {name}"))?;
         let n = emb.shape()[0];
         embeddings.extend_from_slice(emb.as_f32().unwrap_or_default());
         rows.extend((0..n).map(|i| (name.clone(), i)));
@@ -326,16 +389,127 @@ impl OutputKind {
     }
 }
 
-/// Reads one input file as a model input tensor.
-fn read_input(path: &Path, modality: Modality) -> anyhow::Result<Tensor> {
-    let is_npy = path.extension().and_then(|e| e.to_str()) == Some("npy");
-    if !is_npy {
-        bail!(
-            "{}: only preprocessed .npy tensors are accepted for {modality} in this build",
-            path.display()
-        );
+/// Reads `embed`'s inputs: texts, `.npy` tensors or media files.
+struct EmbedInputs {
+    modality: Modality,
+    text: bool,
+    config: PreprocessConfig,
+    tokenizer: Option<Tokenizer>,
+}
+
+impl EmbedInputs {
+    fn new(args: &EmbedArgs) -> anyhow::Result<Self> {
+        if args.text && args.modality != Modality::Text {
+            bail!(
+                "--text embeds prompts and needs --modality text (got --modality {})",
+                args.modality
+            );
+        }
+        let config = load_params(&args.params)?;
+        let tokenizer = if args.modality == Modality::Text {
+            let vocab_dir = args
+                .params
+                .vocab_model
+                .clone()
+                .or_else(|| args.model.clone().filter(|p| p.is_dir()))
+                .unwrap_or_else(default_model_dir);
+            Some(load_tokenizer(&vocab_dir)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            modality: args.modality,
+            text: args.text,
+            config,
+            tokenizer,
+        })
     }
-    Ok(npy::read(path)?)
+
+    /// The tensor for one input, and whether it lacks the batch dimension.
+    fn read(&self, input: &Path) -> anyhow::Result<(Tensor, bool)> {
+        if self.text {
+            let tokenizer = self.tokenizer.as_ref().context("no tokenizer")?;
+            let text = input.to_string_lossy();
+            return Ok((
+                Tensor::from_i64(vec![1, CONTEXT_LENGTH], tokenizer.tokenize(&text).to_vec())?,
+                false,
+            ));
+        }
+        if input.extension().and_then(|e| e.to_str()) == Some("npy") {
+            return Ok((npy::read(input)?, false));
+        }
+        let tensor = preprocess::load(self.modality, input, &self.config, self.tokenizer.as_ref())?;
+        // Text files give [N, 77] (already a batch); everything else is one item.
+        Ok((tensor, self.modality != Modality::Text))
+    }
+}
+
+/// Loads the preprocessing parameters: a TOML file, then command-line overrides; validates them.
+fn load_params(args: &ParamsArgs) -> anyhow::Result<PreprocessConfig> {
+    let mut config = match &args.params {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<PreprocessConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => PreprocessConfig::default(),
+    };
+    if let Some(rate) = args.imu_rate_hz {
+        config.imu.rate_hz = Some(rate);
+    }
+    let mut errors: Vec<String> = Vec::new();
+    errors.extend(config.depth.validate().into_iter().map(|e| format!("depth.{e}")));
+    errors.extend(config.thermal.validate().into_iter().map(|e| format!("thermal.{e}")));
+    errors.extend(config.imu.validate().into_iter().map(|e| format!("imu.{e}")));
+    if !errors.is_empty() {
+        bail!("invalid preprocessing parameters:\n  {}", errors.join("\n  "));
+    }
+    Ok(config)
+}
+
+/// The tokenizer of a model directory (its manifest's BPE file, checksum verified).
+fn load_tokenizer(dir: &Path) -> anyhow::Result<Tokenizer> {
+    let model_dir = ModelDir::open(dir)?;
+    model_dir.verify_bpe_checksum()?;
+    Ok(Tokenizer::from_file(&model_dir.path(&model_dir.manifest().bpe))?)
+}
+
+fn preprocess_cmd(args: &PreprocessArgs) -> anyhow::Result<u8> {
+    if args.out.extension().and_then(|e| e.to_str()) != Some("npy") {
+        bail!("--out {} must end in .npy", args.out.display());
+    }
+    let config = load_params(&args.params)?;
+    let tokenizer = if args.modality == Modality::Text {
+        Some(load_tokenizer(
+            &args.params.vocab_model.clone().unwrap_or_else(default_model_dir),
+        )?)
+    } else {
+        None
+    };
+    let tensor = preprocess::load(args.modality, &args.input, &config, tokenizer.as_ref())?;
+    npy::write(&args.out, &tensor)?;
+    println!(
+        "wrote {} {:?} to {}",
+        tensor.dtype(),
+        tensor.shape(),
+        args.out.display()
+    );
+    Ok(EXIT_OK)
+}
+
+fn tokenize_cmd(args: &TokenizeArgs) -> anyhow::Result<u8> {
+    let tokenizer = load_tokenizer(&args.model.clone().unwrap_or_else(default_model_dir))?;
+    let ids: Vec<[i64; CONTEXT_LENGTH]> = args.texts.iter().map(|t| tokenizer.tokenize(t)).collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&ids.iter().map(|a| a.to_vec()).collect::<Vec<_>>())?
+        );
+    } else {
+        for row in &ids {
+            println!("{}", row.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
+        }
+    }
+    Ok(EXIT_OK)
 }
 
 /// Embeds a tensor that may lack its batch dimension.

@@ -9,6 +9,7 @@
 //!
 //! - [`modality`]: the six ImageBind modality names used everywhere.
 //! - [`tensor`] and [`npy`]: the array type that moves between stages, and `.npy` files.
+//! - [`preprocess`]: ImageBind-exact preprocessing of every modality (media files → model input tensors).
 //! - [`encode`]: model directories (manifest, checksums), the [`encode::Encoder`] trait, the tract backend,
 //!   `models verify`.
 //! - [`bench`]: encoder latency and throughput.
@@ -21,5 +22,6 @@ pub mod cli;
 pub mod encode;
 pub mod modality;
 pub mod npy;
+pub mod preprocess;
 pub mod telemetry;
 pub mod tensor;
