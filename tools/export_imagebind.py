@@ -138,7 +138,9 @@ PREPROCESS = {
     "thermal": {
         "loader": "sensebind default (no upstream loader)",
         "image_size": 224,
-        "scaling": "percentile",
+        "scaling": "auto",
+        "fixed_min": 0.0,
+        "fixed_max": 255.0,
         "low_percentile": 1.0,
         "high_percentile": 99.0,
         "mean": 0.0,
@@ -148,7 +150,7 @@ PREPROCESS = {
         "loader": "sensebind default (no upstream loader)",
         "samples": 2000,
         "window_secs": 5.0,
-        "rate_hz": 400.0,
+        "output_rate_hz": 400.0,
         "channels": ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"],
         "acc_unit": "m/s^2",
         "gyro_unit": "rad/s",
@@ -323,6 +325,7 @@ def export_tower(model, modality: str, example: torch.Tensor, path: Path, opset:
         )
     proto = program.model_proto
     rename_output(proto, "sensebind_output", "embedding")
+    strip_stack_traces(proto)
     size = proto.ByteSize()
     if size > 1_900_000_000:
         import onnx
@@ -339,6 +342,18 @@ def export_tower(model, modality: str, example: torch.Tensor, path: Path, opset:
         import onnx
 
         onnx.save_model(proto, str(path))
+
+
+def strip_stack_traces(proto) -> None:
+    """Drops the exporter's per-node Python stack traces: they hold local paths and line numbers of this script,
+    which would change the file (and its checksum) on every edit or machine without changing the model."""
+    nodes = list(proto.graph.node)
+    for fn in proto.functions:
+        nodes.extend(fn.node)
+    for node in nodes:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
 
 
 def rename_output(proto, old: str, new: str) -> None:
