@@ -44,8 +44,14 @@ pub struct Cli {
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Zero set-up demonstration on the bundled models (until the streaming demo lands: verifies them).
+    /// Zero set-up demonstration: bundled models, replayed real recordings, an embedded MQTT broker, a live view.
     Demo(DemoArgs),
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Validate a configuration: prints every error with its key path and line; exit 64 when invalid.
+    Check(CheckArgs),
+    /// Print the JSON Schema of the configuration file.
+    Schema,
     /// Embed inputs offline: media files, texts or preprocessed `.npy` tensors into `[N, dim]` embeddings.
     ///
     /// A media file is preprocessed as `sensebind preprocess` does (a video or an audio file gives one row: the
@@ -137,9 +143,34 @@ pub enum ModelsCommand {
 /// `sensebind demo`
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Stop after this many seconds.
+    /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Publish to this broker instead of starting an embedded one (mqtt://host:port).
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+}
+
+/// `sensebind run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Longest time the shutdown may take (drain queues, publish, say offline) before exiting anyway.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub shutdown_timeout_secs: f64,
+    /// Stop by itself after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+/// `sensebind check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
 }
 
 /// `sensebind embed`
@@ -232,7 +263,8 @@ fn report_error(e: &anyhow::Error) {
 
 fn default_log_filter(command: &Command) -> &'static str {
     match command {
-        Command::Demo(_) => "info",
+        Command::Demo(_) => "warn,rumqttd=off",
+        Command::Run(_) => "info",
         _ => "warn",
     }
 }
@@ -241,6 +273,12 @@ fn default_log_filter(command: &Command) -> &'static str {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Demo(args) => demo(&args),
+        Command::Run(args) => run_daemon(&args),
+        Command::Check(args) => check(&args),
+        Command::Schema => {
+            print!("{}", crate::config::json_schema());
+            Ok(EXIT_OK)
+        }
         Command::Embed(args) => embed_cmd(&args),
         Command::Models {
             command: ModelsCommand::Verify { dir, threads, json },
@@ -271,8 +309,105 @@ pub fn default_model_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models/imagebind-tiny"))
 }
 
-fn demo(_args: &DemoArgs) -> anyhow::Result<u8> {
-    models_verify(None, 1, false)
+fn secs(v: Option<f64>, flag: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    v.map(|s| {
+        if s.is_finite() && s >= 0.0 {
+            Ok(std::time::Duration::from_secs_f64(s))
+        } else {
+            bail!("{flag} must be a non-negative number of seconds, got {s}")
+        }
+    })
+    .transpose()
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sensebind-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot watch SIGTERM; only Ctrl-C stops the daemon.");
+                let _interrupted = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _interrupted = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn demo(args: &DemoArgs) -> anyhow::Result<u8> {
+    let duration = secs(args.duration, "--duration")?;
+    tokio_runtime()?.block_on(crate::demo::run(duration, args.mqtt.clone(), termination()))
+}
+
+fn run_daemon(args: &RunArgs) -> anyhow::Result<u8> {
+    let loaded = match crate::config::load(&args.config) {
+        Ok(l) => l,
+        Err(e) => {
+            report_config_errors(&e);
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let options = crate::runtime::RunOptions {
+        shutdown_timeout: secs(Some(args.shutdown_timeout_secs), "--shutdown-timeout-secs")?
+            .unwrap_or(std::time::Duration::from_secs(10)),
+        duration: secs(args.duration, "--duration")?,
+        encoder_delay: None,
+    };
+    let summary = tokio_runtime()?.block_on(crate::runtime::run(&loaded, &options, termination()))?;
+    Ok(if summary.stragglers.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    })
+}
+
+#[allow(clippy::print_stderr)]
+fn report_config_errors(e: &crate::config::ConfigErrors) {
+    eprint!("sensebind: {e}");
+}
+
+fn check(args: &CheckArgs) -> anyhow::Result<u8> {
+    match crate::config::load(&args.config) {
+        Ok(l) => {
+            let c = &l.config;
+            println!(
+                "{}: ok — device {}, {} sources, {} prompts, broker {}",
+                args.config.display(),
+                c.device.id,
+                c.sources.len(),
+                c.prompts.len(),
+                if c.mqtt.enabled {
+                    c.mqtt.url.as_str()
+                } else {
+                    "disabled"
+                }
+            );
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            report_config_errors(&e);
+            Ok(EXIT_CONFIG)
+        }
+    }
 }
 
 fn models_verify(dir: Option<&Path>, threads: usize, json: bool) -> anyhow::Result<u8> {

@@ -19,9 +19,18 @@
 
 pub mod bench;
 pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
 pub mod encode;
+pub mod labels;
 pub mod modality;
 pub mod npy;
 pub mod preprocess;
+pub mod publish;
+pub mod ring;
+pub mod runtime;
+pub mod sources;
 pub mod telemetry;
 pub mod tensor;
+pub mod window;

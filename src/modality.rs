@@ -9,7 +9,20 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// One of ImageBind's modalities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Modality {
     /// Images and video clips (RGB), `[3, 2, 224, 224]` per clip.

@@ -320,6 +320,33 @@ pub(crate) fn floor_scaled(x: f64, mul: u128, div: u128) -> usize {
     }
 }
 
+/// One clip of 16 kHz mono audio → `[1][128][204]` values: ImageBind's `waveform2melspec` + Normalize (mean
+/// subtraction over the clip, Kaldi fbank, zero-pad or crop to 204 frames, `(x + 4.268) / 9.138`). The streaming
+/// windows use this; a 2 s window gives exactly the tensor of each clip of a 2 s file.
+pub fn clip_features(mut clip: Vec<f32>) -> Result<Vec<f32>, PreprocessError> {
+    if clip.len() < MIN_SAMPLES {
+        return Err(PreprocessError::invalid(
+            "audio window",
+            format!("{} samples; a filterbank frame needs {MIN_SAMPLES}", clip.len()),
+        ));
+    }
+    let mean = (clip.iter().map(|&x| f64::from(x)).sum::<f64>() / clip.len() as f64) as f32;
+    clip.iter_mut().for_each(|x| *x -= mean);
+    thread_local! {
+        static FBANK: Fbank = Fbank::new();
+    }
+    let feats = FBANK.with(|f| f.compute(&clip));
+    let frames = feats.len() / MEL_BINS;
+    let mut out = Vec::with_capacity(MEL_BINS * TARGET_FRAMES);
+    for m in 0..MEL_BINS {
+        for t in 0..TARGET_FRAMES {
+            let v = if t < frames { feats[t * MEL_BINS + m] } else { 0.0 };
+            out.push((v - MEAN) / STD);
+        }
+    }
+    Ok(out)
+}
+
 /// ImageBind's `load_and_transform_audio_data` for one decoded file → `[3][1][128][204]` values.
 pub fn transform(wave: &Waveform, name: &str) -> Result<Vec<f32>, PreprocessError> {
     let mut channels: Vec<Vec<f32>> = wave

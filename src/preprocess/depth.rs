@@ -22,7 +22,7 @@ use super::image::{IMAGE_SIZE, center_crop_offset, resized_size};
 use super::resample::pillow_resize_f32;
 
 /// Depth preprocessing parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DepthConfig {
     /// Metres per unit of an integer depth PNG (0.001 = millimetres).

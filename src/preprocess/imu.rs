@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::PreprocessError;
 
 /// A column by header name (case-insensitive) or by 0-based index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ColumnRef {
     /// 0-based index.
@@ -39,7 +39,7 @@ impl std::fmt::Display for ColumnRef {
 }
 
 /// Unit of the accelerometer columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum AccUnit {
     /// Metres per second squared.
     #[serde(rename = "m/s^2")]
@@ -53,7 +53,7 @@ pub enum AccUnit {
 }
 
 /// Unit of the gyroscope columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum GyroUnit {
     /// Radians per second.
     #[serde(rename = "rad/s")]
@@ -64,7 +64,7 @@ pub enum GyroUnit {
 }
 
 /// Unit of the time column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeUnit {
     /// Seconds.
@@ -89,7 +89,7 @@ impl TimeUnit {
 }
 
 /// IMU preprocessing parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImuConfig {
     /// Accelerometer x, y, z columns. Empty: the first of the usual names (`acc_x`, `accx`, `ax`, `accel_x`, ...).
@@ -362,8 +362,16 @@ pub fn parse(text: &str, config: &ImuConfig, name: &str) -> Result<ImuRecording,
 
 /// Resamples the configured window to `[6, samples]` values (channel-major).
 pub fn window(rec: &ImuRecording, config: &ImuConfig) -> Vec<f32> {
+    window_from(
+        rec,
+        config,
+        rec.time_s.first().copied().unwrap_or(0.0) + config.start_secs,
+    )
+}
+
+/// Resamples `[t0, t0 + window_secs)` (times in the recording's seconds) to `[6, samples]` values.
+pub fn window_from(rec: &ImuRecording, config: &ImuConfig, t0: f64) -> Vec<f32> {
     let n_out = config.samples;
-    let t0 = rec.time_s.first().copied().unwrap_or(0.0) + config.start_secs;
     let dt = config.window_secs / n_out as f64;
     let mut out = Vec::with_capacity(6 * n_out);
     for ch in &rec.channels {

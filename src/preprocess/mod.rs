@@ -89,7 +89,7 @@ impl PreprocessError {
 
 /// The knobs of the preprocessing that ImageBind leaves open (depth, thermal, IMU). Vision, text and audio follow
 /// ImageBind exactly and have none.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PreprocessConfig {
     /// Depth maps.

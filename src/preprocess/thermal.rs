@@ -16,7 +16,7 @@ use super::image::{GrayImage, IMAGE_SIZE, center_crop_offset, resized_size};
 use super::resample::{pillow_resize_f32, pillow_resize_u8};
 
 /// How raw thermal values become [0, 1].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ThermalScaling {
     /// 8-bit: `fixed` over 0..255; 16-bit: `percentile`.
@@ -28,7 +28,7 @@ pub enum ThermalScaling {
 }
 
 /// Thermal preprocessing parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThermalConfig {
     /// How raw values become [0, 1].

@@ -234,6 +234,19 @@ fn reap(child: &mut std::process::Child, name: &str) {
     }
 }
 
+/// Decodes every frame of the first video stream in order, handing each to `on_frame(index, frame)` until it
+/// returns false (used by the replay source, which paces frames in real time). Returns the frames delivered.
+pub fn for_each_frame(
+    path: &Path,
+    width: usize,
+    height: usize,
+    mut on_frame: impl FnMut(usize, RgbImage) -> bool,
+) -> Result<usize, PreprocessError> {
+    decode_stream(path, width, height, |i, bytes| {
+        on_frame(i, rgb_from_interleaved(bytes, width, height))
+    })
+}
+
 /// The (first, last) frame index of each clip, as decord/pytorchvideo pick them.
 pub fn clip_frames(fps: f64, frames: usize, clip_secs: u32, clips: usize) -> Result<Vec<(usize, usize)>, String> {
     let duration = frames as f64 / fps;

@@ -1,0 +1,88 @@
+//! Time: monotonic timestamps taken at the edge, wall-clock only at publish.
+//!
+//! A [`Timestamp`] is nanoseconds on the process's monotonic clock. Sources stamp samples as close to the
+//! hardware as they can; windows carry the stamps of their first and last samples; the publisher converts to
+//! wall-clock time (RFC 3339) using the offset measured when the clock was created.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Nanoseconds on the monotonic clock since the process's clock origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// This timestamp plus a duration (saturating).
+    pub fn plus(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// Seconds as a float (for logs and rates).
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1e9
+    }
+}
+
+/// The process's monotonic clock and its anchor to wall-clock time.
+#[derive(Debug)]
+pub struct Clock {
+    origin: Instant,
+    wall_origin: SystemTime,
+}
+
+impl Clock {
+    /// The process-wide clock (created on first use).
+    pub fn global() -> &'static Clock {
+        static CLOCK: OnceLock<Clock> = OnceLock::new();
+        CLOCK.get_or_init(|| Clock {
+            origin: Instant::now(),
+            wall_origin: SystemTime::now(),
+        })
+    }
+
+    /// Now, on the monotonic clock.
+    pub fn now(&self) -> Timestamp {
+        Timestamp(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// The wall-clock time of a monotonic timestamp.
+    pub fn wall(&self, t: Timestamp) -> SystemTime {
+        self.wall_origin + Duration::from_nanos(t.0)
+    }
+}
+
+/// Now on the process clock.
+pub fn now() -> Timestamp {
+    Clock::global().now()
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-08-20T10:11:12.345Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// RFC 3339 of a monotonic timestamp.
+pub fn rfc3339_of(t: Timestamp) -> String {
+    rfc3339(Clock::global().wall(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_monotonic_and_convert_to_wall_time() {
+        let a = now();
+        let b = now();
+        assert!(b >= a);
+        let s = rfc3339_of(a);
+        assert!(s.ends_with('Z') && s.len() == 24, "{s}");
+        assert_eq!(Timestamp(5).plus(Duration::from_nanos(7)), Timestamp(12));
+        assert_eq!(Timestamp(5).since(Timestamp(9)), Duration::ZERO);
+    }
+}

@@ -1,0 +1,988 @@
+//! The daemon's configuration: TOML, parsed strictly, validated completely, every error with its key path.
+//!
+//! Loading is two-phase (STYLE.md habit 1): each section is deserialised on its own (unknown keys are errors), then
+//! the whole configuration is checked for values and cross-references. All problems are collected — a file with
+//! five mistakes reports five errors — each with its key path (`sources[2].window_secs`) and, where the key exists
+//! in the file, its line. Relative paths are resolved against the configuration file's folder.
+//!
+//! `configs/example.toml` documents every option; `configs/schema.json` is generated from these types
+//! (`sensebind schema`) and kept current by a test.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::modality::Modality;
+use crate::preprocess::PreprocessConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This device.
+    pub device: DeviceConfig,
+    /// Process-wide settings.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The ImageBind towers and how they run.
+    #[serde(default)]
+    pub models: ModelsConfig,
+    /// The MQTT broker and topic prefix.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Parameters of the depth, thermal and IMU preprocessing (docs/preprocessing.md).
+    #[serde(default)]
+    pub preprocess: PreprocessConfig,
+    /// The sensors.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// What to listen for: text prompts scored against every window.
+    #[serde(default)]
+    pub prompts: Vec<PromptConfig>,
+}
+
+/// `[device]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Stable device id used in MQTT topics: lower-case letters, digits, `_` and `-`.
+    pub id: String,
+    /// Human-readable name (Home Assistant, logs).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Where the daemon keeps state (prompt-embedding cache). Relative to the configuration file.
+    pub state_dir: PathBuf,
+    /// Labels per window in each label message.
+    pub top_k: usize,
+    /// Seconds between `stats` messages (0 = none).
+    pub stats_interval_secs: f64,
+    /// Capacity of each sensor's ring buffer, in seconds of data.
+    pub ring_secs: f64,
+    /// Upper bound of each frame ring buffer in bytes (large video frames hit this before `ring_secs`).
+    pub ring_max_bytes: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("state"),
+            top_k: 3,
+            stats_interval_secs: 60.0,
+            ring_secs: 4.0,
+            ring_max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Inference backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Pure-Rust CPU inference (always available).
+    Tract,
+}
+
+/// `[models]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Model directory (manifest.toml + one ONNX file per modality). Relative to the configuration file.
+    pub dir: PathBuf,
+    /// Inference backend.
+    pub backend: Backend,
+    /// Engine threads per encoder.
+    pub threads: usize,
+    /// Most windows per encoder call (windows of the same modality from different sources are batched).
+    pub max_batch: usize,
+    /// How long an encoder waits for more windows before running a partial batch, in milliseconds.
+    pub max_wait_ms: u64,
+    /// Windows queued per encoder; when full the oldest is dropped and counted.
+    pub queue_windows: usize,
+    /// Check every ONNX file's sha256 against the manifest at start-up.
+    pub verify_checksums: bool,
+    /// Batch sizes that get a plan optimised for that size (faster, one more copy of the weights each).
+    pub batch_plans: Vec<usize>,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models/imagebind-tiny"),
+            backend: Backend::Tract,
+            threads: 1,
+            max_batch: 4,
+            max_wait_ms: 20,
+            queue_windows: 8,
+            verify_checksums: true,
+            batch_plans: vec![1],
+        }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Publish at all (false: labels are only logged).
+    pub enabled: bool,
+    /// Broker address: `mqtt://host:port`.
+    pub url: String,
+    /// MQTT client id (default `{prefix}-{device.id}`).
+    pub client_id: Option<String>,
+    /// First topic level.
+    pub prefix: String,
+    /// QoS of label messages (0, 1 or 2). Availability is always QoS 1, retained.
+    pub qos: u8,
+    /// Keep-alive interval in seconds (at least 1).
+    pub keep_alive_secs: u64,
+    /// User name.
+    pub username: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (first line). Relative to the configuration file.
+    pub password_file: Option<PathBuf>,
+    /// Messages queued for the broker; when full the oldest is dropped and counted.
+    pub queue_messages: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: None,
+            prefix: "sensebind".into(),
+            qos: 1,
+            keep_alive_secs: 30,
+            username: None,
+            password_env: None,
+            password_file: None,
+            queue_messages: 1000,
+        }
+    }
+}
+
+/// One sensor. `type` selects the kind.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// Plays recorded files at their real pace.
+    Replay(ReplaySourceConfig),
+    /// Generates test signals.
+    Synthetic(SyntheticSourceConfig),
+}
+
+/// Window settings shared by every source.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WindowSpec {
+    /// Window length in seconds.
+    pub window_secs: f64,
+    /// Seconds between window ends.
+    pub hop_secs: f64,
+}
+
+/// `type = "replay"`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySourceConfig {
+    /// Sensor name: lower-case letters, digits, `_` and `-`; unique.
+    pub name: String,
+    /// What it senses.
+    pub modality: Modality,
+    /// Files (or folders of files) to play in order: images, a video, audio, depth/thermal PNGs, an IMU CSV, a
+    /// text file. Relative to the configuration file.
+    pub paths: Vec<PathBuf>,
+    /// Start again after the last file.
+    #[serde(default = "yes", rename = "loop")]
+    pub loop_playback: bool,
+    /// Items per second for image, depth, thermal and text sequences (default 1).
+    #[serde(default)]
+    pub rate_hz: Option<f64>,
+    /// Window length in seconds (default per modality: vision 2, audio 2, imu 5, others 1).
+    #[serde(default)]
+    pub window_secs: Option<f64>,
+    /// Seconds between windows (default: half the window; depth/thermal/text: 1).
+    #[serde(default)]
+    pub hop_secs: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Kinds of synthetic signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pattern {
+    /// vision: moving colour bars; depth: a sliding box; thermal: a moving warm blob.
+    Moving,
+    /// audio: a sine tone; imu: gravity plus a walking-like oscillation.
+    Tone,
+    /// The modality's default pattern.
+    Default,
+}
+
+/// `type = "synthetic"`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSourceConfig {
+    /// Sensor name: lower-case letters, digits, `_` and `-`; unique.
+    pub name: String,
+    /// What it senses.
+    pub modality: Modality,
+    /// Signal shape.
+    #[serde(default = "default_pattern")]
+    pub pattern: Pattern,
+    /// Frames or samples per second (default: vision 15, depth/thermal 10, audio 16000, imu 400, text 1).
+    #[serde(default)]
+    pub rate_hz: Option<f64>,
+    /// Tone frequency for audio, motion frequency for imu.
+    #[serde(default = "default_frequency")]
+    pub frequency_hz: f64,
+    /// Frame width for images.
+    #[serde(default = "default_width")]
+    pub width: usize,
+    /// Frame height for images.
+    #[serde(default = "default_height")]
+    pub height: usize,
+    /// Lines cycled through for text.
+    #[serde(default)]
+    pub texts: Vec<String>,
+    /// Window length in seconds (default per modality, as for replay).
+    #[serde(default)]
+    pub window_secs: Option<f64>,
+    /// Seconds between windows.
+    #[serde(default)]
+    pub hop_secs: Option<f64>,
+}
+
+fn default_pattern() -> Pattern {
+    Pattern::Default
+}
+fn default_frequency() -> f64 {
+    440.0
+}
+fn default_width() -> usize {
+    320
+}
+fn default_height() -> usize {
+    240
+}
+
+impl SourceConfig {
+    /// The sensor's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Replay(c) => &c.name,
+            SourceConfig::Synthetic(c) => &c.name,
+        }
+    }
+
+    /// The sensor's modality.
+    pub fn modality(&self) -> Modality {
+        match self {
+            SourceConfig::Replay(c) => c.modality,
+            SourceConfig::Synthetic(c) => c.modality,
+        }
+    }
+
+    /// Window length and hop, with the per-modality defaults filled in.
+    pub fn window(&self) -> WindowSpec {
+        let (w, h) = match self {
+            SourceConfig::Replay(c) => (c.window_secs, c.hop_secs),
+            SourceConfig::Synthetic(c) => (c.window_secs, c.hop_secs),
+        };
+        let default_window = match self.modality() {
+            Modality::Vision | Modality::Audio => 2.0,
+            Modality::Imu => 5.0,
+            Modality::Depth | Modality::Thermal | Modality::Text => 1.0,
+        };
+        let window_secs = w.unwrap_or(default_window);
+        let default_hop = match self.modality() {
+            Modality::Depth | Modality::Thermal | Modality::Text => 1.0,
+            _ => window_secs / 2.0,
+        };
+        WindowSpec {
+            window_secs,
+            hop_secs: h.unwrap_or(default_hop),
+        }
+    }
+}
+
+/// One label: a prompt (or several phrasings of it) scored against windows.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptConfig {
+    /// Label id used in messages and topics: lower-case letters, digits, `_` and `-`; unique.
+    pub id: String,
+    /// The prompt.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Several phrasings; their embeddings are averaged.
+    #[serde(default)]
+    pub texts: Vec<String>,
+    /// Modalities it applies to (default: every modality of the sources it applies to).
+    #[serde(default)]
+    pub modalities: Vec<Modality>,
+    /// Sources it applies to (default: all).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Score (softmax probability among the applicable prompts) at or above which the label is active.
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+}
+
+fn default_threshold() -> f32 {
+    0.5
+}
+
+impl PromptConfig {
+    /// All phrasings of the prompt.
+    pub fn all_texts(&self) -> Vec<String> {
+        self.text.iter().cloned().chain(self.texts.iter().cloned()).collect()
+    }
+
+    /// Whether the prompt applies to a window of `modality` from `source`.
+    pub fn applies_to(&self, modality: Modality, source: &str) -> bool {
+        (self.modalities.is_empty() || self.modalities.contains(&modality))
+            && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
+    }
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path, e.g. `sources[1].window_secs` (empty for the whole file).
+    pub path: String,
+    /// 1-based line of the key in the file, where known.
+    pub line: Option<usize>,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.line, self.path.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}: {}: {}", self.path, self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    /// The file.
+    pub file: PathBuf,
+    /// The problems, in file order where known.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} error{} in the configuration:",
+            self.file.display(),
+            self.issues.len(),
+            if self.issues.len() == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.issues {
+            writeln!(f, "  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A loaded, validated configuration, with paths resolved.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: Config,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Its folder (relative paths are resolved against it).
+    pub base: PathBuf,
+}
+
+impl LoadedConfig {
+    /// A path from the configuration, resolved against the configuration's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(file: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigErrors {
+        file: file.to_path_buf(),
+        issues: vec![ConfigIssue {
+            path: String::new(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, file, &base)
+}
+
+/// Parses and validates configuration text; `file` names it in messages, `base` resolves relative paths.
+pub fn parse(text: &str, file: &Path, base: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let fail = |issues: Vec<ConfigIssue>| ConfigErrors {
+        file: file.to_path_buf(),
+        issues,
+    };
+    let doc = match text.parse::<toml_edit::ImDocument<String>>() {
+        Ok(doc) => doc,
+        Err(e) => {
+            let line = e.span().map(|s| line_of(text, s.start));
+            return Err(fail(vec![ConfigIssue {
+                path: String::new(),
+                line,
+                message: format!("not valid TOML: {}", e.message()),
+            }]));
+        }
+    };
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(fail(vec![ConfigIssue {
+                path: String::new(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                message: format!("not valid TOML: {}", e.message()),
+            }]));
+        }
+    };
+    let mut issues = Vec::new();
+    let (partial, parsed) = deserialize_sections(&table, &mut issues);
+    let loaded = LoadedConfig {
+        config: partial,
+        file: file.to_path_buf(),
+        base: base.to_path_buf(),
+    };
+    // Validate whatever did deserialise, so one bad section does not hide the others' mistakes.
+    validate(&loaded, &parsed, &mut issues);
+    let config = parsed.complete().then_some(loaded.config);
+    for issue in &mut issues {
+        if issue.line.is_none() && !issue.path.is_empty() {
+            issue.line = line_of_path(&doc, text, &issue.path);
+        }
+    }
+    issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+    match config {
+        Some(config) if issues.is_empty() => Ok(LoadedConfig {
+            config,
+            file: file.to_path_buf(),
+            base: base.to_path_buf(),
+        }),
+        _ => Err(fail(issues)),
+    }
+}
+
+const TOP_KEYS: [&str; 7] = [
+    "device",
+    "runtime",
+    "models",
+    "mqtt",
+    "preprocess",
+    "sources",
+    "prompts",
+];
+
+/// Which parts of a configuration deserialised (the others hold defaults and are not validated).
+#[derive(Debug, Default)]
+struct Parsed {
+    device: bool,
+    runtime: bool,
+    models: bool,
+    mqtt: bool,
+    preprocess: bool,
+    /// Original index of each deserialised source, in order.
+    source_index: Vec<usize>,
+    /// Original index of each deserialised prompt, in order.
+    prompt_index: Vec<usize>,
+    /// Names of sources that did not deserialise (for cross-references).
+    other_source_names: Vec<String>,
+    sources_total: usize,
+    prompts_total: usize,
+}
+
+impl Parsed {
+    fn complete(&self) -> bool {
+        self.device
+            && self.runtime
+            && self.models
+            && self.mqtt
+            && self.preprocess
+            && self.source_index.len() == self.sources_total
+            && self.prompt_index.len() == self.prompts_total
+    }
+}
+
+/// Deserialises section by section so that every section's errors are reported; failed sections are replaced
+/// by defaults in the returned configuration and marked in [`Parsed`].
+fn deserialize_sections(table: &toml::Table, issues: &mut Vec<ConfigIssue>) -> (Config, Parsed) {
+    for key in table.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            issues.push(issue(
+                key,
+                format!("unknown section; expected one of {}", TOP_KEYS.join(", ")),
+            ));
+        }
+    }
+    fn section<T: serde::de::DeserializeOwned>(
+        value: Option<&toml::Value>,
+        path: &str,
+        issues: &mut Vec<ConfigIssue>,
+    ) -> Option<T> {
+        let value = value.cloned().unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let message = e.inner().to_string().trim_end().to_owned();
+                let mut full = if inner == "." || inner.is_empty() {
+                    path.to_owned()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                // serde names an unknown key only in its message; put it in the path so the line can be found.
+                if let Some(field) = message
+                    .split('`')
+                    .nth(1)
+                    .filter(|_| message.starts_with("unknown field"))
+                {
+                    full = format!("{full}.{field}");
+                }
+                issues.push(issue(&full, message));
+                None
+            }
+        }
+    }
+    let mut parsed = Parsed::default();
+    let device = match table.get("device") {
+        Some(v) => section::<DeviceConfig>(Some(v), "device", issues),
+        None => {
+            issues.push(issue(
+                "device",
+                "missing: every configuration needs [device] with an id".into(),
+            ));
+            None
+        }
+    };
+    parsed.device = device.is_some();
+    let runtime = section::<RuntimeConfig>(table.get("runtime"), "runtime", issues);
+    parsed.runtime = runtime.is_some();
+    let models = section::<ModelsConfig>(table.get("models"), "models", issues);
+    parsed.models = models.is_some();
+    let mqtt = section::<MqttConfig>(table.get("mqtt"), "mqtt", issues);
+    parsed.mqtt = mqtt.is_some();
+    let preprocess = section::<PreprocessConfig>(table.get("preprocess"), "preprocess", issues);
+    parsed.preprocess = preprocess.is_some();
+    let list = |key: &str, issues: &mut Vec<ConfigIssue>| -> Vec<toml::Value> {
+        match table.get(key) {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items.clone(),
+            Some(_) => {
+                issues.push(issue(key, format!("must be an array of tables ([[{key}]])")));
+                Vec::new()
+            }
+        }
+    };
+    let mut sources = Vec::new();
+    let raw_sources = list("sources", issues);
+    parsed.sources_total = raw_sources.len();
+    for (i, v) in raw_sources.iter().enumerate() {
+        match section::<SourceConfig>(Some(v), &format!("sources[{i}]"), issues) {
+            Some(s) => {
+                sources.push(s);
+                parsed.source_index.push(i);
+            }
+            None => {
+                if let Some(name) = v.get("name").and_then(toml::Value::as_str) {
+                    parsed.other_source_names.push(name.to_owned());
+                }
+            }
+        }
+    }
+    let mut prompts = Vec::new();
+    let raw_prompts = list("prompts", issues);
+    parsed.prompts_total = raw_prompts.len();
+    for (i, v) in raw_prompts.iter().enumerate() {
+        if let Some(p) = section::<PromptConfig>(Some(v), &format!("prompts[{i}]"), issues) {
+            prompts.push(p);
+            parsed.prompt_index.push(i);
+        }
+    }
+    let config = Config {
+        device: device.unwrap_or(DeviceConfig {
+            id: "unparsed".into(),
+            name: None,
+        }),
+        runtime: runtime.unwrap_or_default(),
+        models: models.unwrap_or_default(),
+        mqtt: mqtt.unwrap_or_default(),
+        preprocess: preprocess.unwrap_or_default(),
+        sources,
+        prompts,
+    };
+    (config, parsed)
+}
+
+fn issue(path: &str, message: String) -> ConfigIssue {
+    ConfigIssue {
+        path: path.to_owned(),
+        line: None,
+        message,
+    }
+}
+
+/// True for `[a-z0-9_-]+`.
+pub fn is_slug(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
+/// Value and cross-reference checks of the parts that deserialised; appends to `issues`.
+fn validate(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Vec<ConfigIssue>) {
+    let c = &loaded.config;
+    let mut push = |path: String, message: String| issues.push(issue(&path, message));
+    if parsed.device && !is_slug(&c.device.id) {
+        push(
+            "device.id".into(),
+            format!(
+                "{:?} is not a valid id: use lower-case letters, digits, '_' and '-'",
+                c.device.id
+            ),
+        );
+    }
+    if parsed.runtime {
+        let r = &c.runtime;
+        if r.top_k == 0 {
+            push("runtime.top_k".into(), "must be at least 1".into());
+        }
+        if !(r.stats_interval_secs == 0.0 || (r.stats_interval_secs.is_finite() && r.stats_interval_secs >= 1.0)) {
+            push(
+                "runtime.stats_interval_secs".into(),
+                format!("must be 0 (off) or at least 1, got {}", r.stats_interval_secs),
+            );
+        }
+        if !(r.ring_secs.is_finite() && r.ring_secs >= 0.1 && r.ring_secs <= 3600.0) {
+            push(
+                "runtime.ring_secs".into(),
+                format!("must be between 0.1 and 3600 seconds, got {}", r.ring_secs),
+            );
+        }
+        if r.ring_max_bytes < 1 << 20 {
+            push(
+                "runtime.ring_max_bytes".into(),
+                "must be at least 1 MiB (1048576)".into(),
+            );
+        }
+    }
+    if parsed.models {
+        let m = &c.models;
+        if m.threads == 0 || m.threads > 256 {
+            push(
+                "models.threads".into(),
+                format!("must be between 1 and 256, got {}", m.threads),
+            );
+        }
+        if m.max_batch == 0 || m.max_batch > 256 {
+            push(
+                "models.max_batch".into(),
+                format!("must be between 1 and 256, got {}", m.max_batch),
+            );
+        }
+        if m.queue_windows == 0 {
+            push("models.queue_windows".into(), "must be at least 1".into());
+        }
+        if m.max_wait_ms > 10_000 {
+            push(
+                "models.max_wait_ms".into(),
+                format!("must be at most 10000, got {}", m.max_wait_ms),
+            );
+        }
+    }
+    let manifest = if parsed.models {
+        match crate::encode::ModelDir::open(&loaded.resolve(&c.models.dir)) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                push("models.dir".into(), e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if parsed.mqtt {
+        let q = &c.mqtt;
+        if q.enabled
+            && let Err(e) = crate::publish::parse_broker_url(&q.url)
+        {
+            push("mqtt.url".into(), e);
+        }
+        if !is_slug(&q.prefix) {
+            push(
+                "mqtt.prefix".into(),
+                format!("{:?} is not a valid topic level: use [a-z0-9_-]", q.prefix),
+            );
+        }
+        if q.qos > 2 {
+            push("mqtt.qos".into(), format!("must be 0, 1 or 2, got {}", q.qos));
+        }
+        if q.keep_alive_secs == 0 || q.keep_alive_secs > 65_535 {
+            push(
+                "mqtt.keep_alive_secs".into(),
+                format!("must be between 1 and 65535, got {}", q.keep_alive_secs),
+            );
+        }
+        if q.queue_messages == 0 {
+            push("mqtt.queue_messages".into(), "must be at least 1".into());
+        }
+        if q.password_env.is_some() && q.password_file.is_some() {
+            push(
+                "mqtt.password_env".into(),
+                "set password_env or password_file, not both".into(),
+            );
+        }
+        if let Some(var) = &q.password_env
+            && std::env::var_os(var).is_none()
+        {
+            push(
+                "mqtt.password_env".into(),
+                format!("the environment variable {var} is not set"),
+            );
+        }
+        if let Some(f) = &q.password_file
+            && !loaded.resolve(f).is_file()
+        {
+            push(
+                "mqtt.password_file".into(),
+                format!("{} does not exist", loaded.resolve(f).display()),
+            );
+        }
+        if (q.password_env.is_some() || q.password_file.is_some()) && q.username.is_none() {
+            push("mqtt.username".into(), "a password needs a username".into());
+        }
+    }
+    let preprocess_checks = if parsed.preprocess {
+        vec![
+            ("preprocess.depth", c.preprocess.depth.validate()),
+            ("preprocess.thermal", c.preprocess.thermal.validate()),
+            ("preprocess.imu", c.preprocess.imu.validate()),
+        ]
+    } else {
+        Vec::new()
+    };
+    for (key, errors) in preprocess_checks {
+        for e in errors {
+            let (k, rest) = e.split_once(": ").unwrap_or(("", &e));
+            let first_key = k.split('/').next().unwrap_or(k);
+            push(format!("{key}.{first_key}"), rest.to_owned());
+        }
+    }
+    let mut names = BTreeSet::new();
+    for (pos, s) in c.sources.iter().enumerate() {
+        let i = parsed.source_index.get(pos).copied().unwrap_or(pos);
+        let p = |k: &str| format!("sources[{i}].{k}");
+        if !is_slug(s.name()) {
+            push(p("name"), format!("{:?} is not a valid name: use [a-z0-9_-]", s.name()));
+        } else if !names.insert(s.name().to_owned()) {
+            push(p("name"), format!("{:?} is used by another source", s.name()));
+        }
+        let w = s.window();
+        if !(w.window_secs.is_finite() && w.window_secs > 0.0 && w.window_secs <= 600.0) {
+            push(
+                p("window_secs"),
+                format!("must be between 0 and 600 seconds, got {}", w.window_secs),
+            );
+        }
+        if !(w.hop_secs.is_finite() && w.hop_secs >= 0.01 && w.hop_secs <= 3600.0) {
+            push(
+                p("hop_secs"),
+                format!("must be between 0.01 and 3600 seconds, got {}", w.hop_secs),
+            );
+        }
+        if let Some(dir) = &manifest
+            && dir.tower(s.modality()).is_err()
+        {
+            push(
+                p("modality"),
+                format!("the model directory has no {} tower", s.modality()),
+            );
+        }
+        match s {
+            SourceConfig::Replay(rc) => {
+                if rc.paths.is_empty() {
+                    push(p("paths"), "needs at least one file".into());
+                }
+                for (j, f) in rc.paths.iter().enumerate() {
+                    let full = loaded.resolve(f);
+                    if !full.exists() {
+                        push(
+                            format!("sources[{i}].paths[{j}]"),
+                            format!("{} does not exist", full.display()),
+                        );
+                    }
+                }
+                if let Some(rate) = rc.rate_hz.filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 1000.0)) {
+                    push(p("rate_hz"), format!("must be between 0 and 1000, got {rate}"));
+                }
+            }
+            SourceConfig::Synthetic(sc) => {
+                if let Some(rate) = sc.rate_hz.filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 192_000.0)) {
+                    push(p("rate_hz"), format!("must be between 0 and 192000, got {rate}"));
+                }
+                if sc.modality == Modality::Audio && sc.rate_hz.is_some_and(|r| r < 4000.0) {
+                    push(p("rate_hz"), "audio needs at least 4000 samples per second".into());
+                }
+                if !(sc.frequency_hz.is_finite() && sc.frequency_hz > 0.0) {
+                    push(p("frequency_hz"), format!("must be positive, got {}", sc.frequency_hz));
+                }
+                if sc.width == 0 || sc.height == 0 || sc.width * sc.height > 4096 * 4096 {
+                    push(
+                        p("width"),
+                        format!("{}x{} is not a usable frame size", sc.width, sc.height),
+                    );
+                }
+                if sc.modality == Modality::Text && sc.texts.is_empty() {
+                    push(
+                        p("texts"),
+                        "a synthetic text source needs texts to cycle through".into(),
+                    );
+                }
+            }
+        }
+    }
+    let mut ids = BTreeSet::new();
+    for (pos, pr) in c.prompts.iter().enumerate() {
+        let i = parsed.prompt_index.get(pos).copied().unwrap_or(pos);
+        let p = |k: &str| format!("prompts[{i}].{k}");
+        if !is_slug(&pr.id) {
+            push(p("id"), format!("{:?} is not a valid id: use [a-z0-9_-]", pr.id));
+        } else if !ids.insert(pr.id.clone()) {
+            push(p("id"), format!("{:?} is used by another prompt", pr.id));
+        }
+        let texts = pr.all_texts();
+        if texts.is_empty() {
+            push(p("text"), "needs text or texts".into());
+        }
+        for (j, t) in texts.iter().enumerate() {
+            if t.trim().is_empty() {
+                push(p("text"), format!("text {j} is empty"));
+            }
+            if t.len() > 2000 {
+                push(
+                    p("text"),
+                    format!("text {j} is {} bytes long; keep prompts under 2000", t.len()),
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&pr.threshold) {
+            push(p("threshold"), format!("must be between 0 and 1, got {}", pr.threshold));
+        }
+        for (j, s) in pr.sources.iter().enumerate() {
+            if !c.sources.iter().any(|src| src.name() == s) && !parsed.other_source_names.contains(s) {
+                push(
+                    format!("prompts[{i}].sources[{j}]"),
+                    format!("no source is named {s:?}"),
+                );
+            }
+        }
+        let reachable = c.sources.iter().any(|s| pr.applies_to(s.modality(), s.name()));
+        if !c.sources.is_empty() && !reachable && parsed.other_source_names.is_empty() {
+            push(p("modalities"), "applies to no configured source".into());
+        }
+    }
+    if !c.prompts.is_empty()
+        && let Some(dir) = &manifest
+        && dir.tower(Modality::Text).is_err()
+    {
+        push("prompts".into(), "prompts need the model directory's text tower".into());
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// The line of a key path like `sources[1].window_secs`, or of its nearest existing parent.
+fn line_of_path(doc: &toml_edit::ImDocument<String>, text: &str, path: &str) -> Option<usize> {
+    use toml_edit::{Item, Value};
+
+    #[derive(Clone, Copy)]
+    enum Node<'a> {
+        Item(&'a Item),
+        Value(&'a Value),
+        Table(&'a toml_edit::Table),
+    }
+    fn child<'a>(node: Node<'a>, key: &str) -> Option<Node<'a>> {
+        match node {
+            Node::Item(Item::Table(t)) | Node::Table(t) => t.get(key).map(Node::Item),
+            Node::Item(Item::Value(Value::InlineTable(t))) | Node::Value(Value::InlineTable(t)) => {
+                t.get(key).map(Node::Value)
+            }
+            _ => None,
+        }
+    }
+    fn index(node: Node<'_>, i: usize) -> Option<Node<'_>> {
+        match node {
+            Node::Item(Item::ArrayOfTables(a)) => a.get(i).map(Node::Table),
+            Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)) => a.get(i).map(Node::Value),
+            _ => None,
+        }
+    }
+    fn start(node: Node<'_>) -> Option<usize> {
+        match node {
+            Node::Item(Item::Value(v)) | Node::Value(v) => v.span().map(|s| s.start),
+            Node::Item(Item::Table(t)) | Node::Table(t) => t.span().map(|s| s.start),
+            Node::Item(Item::ArrayOfTables(a)) => a.span().map(|s| s.start),
+            Node::Item(Item::None) => None,
+        }
+    }
+    let mut node = Node::Table(doc.as_table());
+    let mut best = None;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, idx) = match part.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(next) = child(node, key) else { break };
+        node = next;
+        if let Some(at) = start(node) {
+            best = Some(line_of(text, at));
+        }
+        if let Some(i) = idx {
+            let Some(next) = index(node, i) else { break };
+            node = next;
+            if let Some(at) = start(node) {
+                best = Some(line_of(text, at));
+            }
+        }
+    }
+    best
+}
+
+/// The JSON Schema of the configuration, pretty-printed.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Config);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}

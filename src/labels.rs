@@ -1,0 +1,280 @@
+//! Zero-shot labels: prompt embeddings, cached on disk, and ImageBind's scoring.
+//!
+//! Each prompt's texts are embedded once with the text tower (the average of its phrasings' embeddings). The
+//! embeddings are cached in `{state_dir}/prompt-cache.json`, keyed by the text tower's sha256 and the cleaned text
+//! (the tokenizer's normalisation), so a restart or an unchanged prompt costs no inference.
+//!
+//! Scoring follows ImageBind's zero-shot recipe (README: `softmax(emb[A] @ emb[text].T)`): the logit of a prompt
+//! is the dot product of the window's embedding and the prompt's, both carrying their modality's scale, and the
+//! score is the softmax over the prompts that apply to the window's modality and source. The cosine similarity is
+//! reported beside it. A label is active when its score reaches its threshold.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::PromptConfig;
+use crate::encode::{EncodeError, Encoder};
+use crate::modality::Modality;
+use crate::preprocess::text::{self as text_pre, Tokenizer};
+use crate::tensor::Tensor;
+
+/// A prompt with its embedding.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    /// Label id.
+    pub id: String,
+    /// The phrasings.
+    pub texts: Vec<String>,
+    /// Where it applies.
+    pub config: PromptConfig,
+    /// The text tower's embedding (mean over phrasings).
+    pub embedding: Vec<f32>,
+}
+
+/// One label's score for a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelScore {
+    /// Label id.
+    pub label: String,
+    /// Softmax probability among the applicable prompts.
+    pub score: f32,
+    /// Cosine similarity between the window and the prompt.
+    pub cosine: f32,
+    /// Whether `score` reached the prompt's threshold.
+    pub active: bool,
+}
+
+/// The active prompt set.
+#[derive(Debug, Clone, Default)]
+pub struct PromptSet {
+    prompts: Vec<Prompt>,
+}
+
+impl PromptSet {
+    /// The prompts.
+    pub fn prompts(&self) -> &[Prompt] {
+        &self.prompts
+    }
+
+    /// Scores a window embedding; returns the `top_k` best labels (highest score first).
+    pub fn score(&self, embedding: &[f32], modality: Modality, source: &str, top_k: usize) -> Vec<LabelScore> {
+        let applicable: Vec<&Prompt> = self
+            .prompts
+            .iter()
+            .filter(|p| p.config.applies_to(modality, source))
+            .collect();
+        if applicable.is_empty() {
+            return Vec::new();
+        }
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let wn = norm(embedding);
+        let logits: Vec<f32> = applicable
+            .iter()
+            .map(|p| p.embedding.iter().zip(embedding).map(|(a, b)| a * b).sum())
+            .collect();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let total: f32 = exps.iter().sum();
+        let mut scores: Vec<LabelScore> = applicable
+            .iter()
+            .zip(logits.iter().zip(&exps))
+            .map(|(p, (&logit, &e))| {
+                let score = if total > 0.0 { e / total } else { 0.0 };
+                let denom = wn * norm(&p.embedding);
+                LabelScore {
+                    label: p.id.clone(),
+                    score,
+                    cosine: if denom > 0.0 { logit / denom } else { 0.0 },
+                    active: score >= p.config.threshold,
+                }
+            })
+            .collect();
+        scores.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.label.cmp(&b.label)));
+        scores.truncate(top_k.max(1));
+        scores
+    }
+}
+
+/// Why prompts could not be embedded.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// The text tower failed.
+    #[error("embedding prompt {id:?}: {source}")]
+    Encode {
+        /// The prompt.
+        id: String,
+        /// What failed.
+        #[source]
+        source: EncodeError,
+    },
+}
+
+/// The on-disk cache of prompt embeddings.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheFile {
+    schema: u32,
+    /// key → embedding
+    entries: BTreeMap<String, Vec<f32>>,
+}
+
+/// Prompt-embedding cache in a state directory.
+#[derive(Debug)]
+pub struct PromptCache {
+    path: Option<PathBuf>,
+    file: CacheFile,
+    dirty: bool,
+}
+
+impl PromptCache {
+    /// Opens (or starts) the cache in `state_dir`; `None` keeps it in memory only. A corrupt cache file is
+    /// ignored with a warning and rewritten.
+    pub fn open(state_dir: Option<&Path>) -> Self {
+        let path = state_dir.map(|d| d.join("prompt-cache.json"));
+        let file = path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok().map(|b| (p, b)))
+            .and_then(|(p, bytes)| match serde_json::from_slice::<CacheFile>(&bytes) {
+                Ok(f) if f.schema == 1 => Some(f),
+                Ok(_) | Err(_) => {
+                    tracing::warn!(path = %p.display(), "Ignoring an unreadable prompt cache; it will be rebuilt.");
+                    None
+                }
+            })
+            .unwrap_or(CacheFile {
+                schema: 1,
+                entries: BTreeMap::new(),
+            });
+        Self {
+            path,
+            file,
+            dirty: false,
+        }
+    }
+
+    fn key(model_sha: &str, text: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(model_sha.as_bytes());
+        h.update([0]);
+        h.update(text_pre::clean(text).as_bytes());
+        crate::encode::manifest::hex(&h.finalize())
+    }
+
+    /// Cached entries.
+    pub fn len(&self) -> usize {
+        self.file.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.file.entries.is_empty()
+    }
+
+    /// Writes the cache if it changed (atomically: a temporary file renamed over the old one).
+    pub fn save(&mut self) -> std::io::Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&self.file).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// Embeds the configured prompts with the text tower, using and filling the cache.
+pub fn embed_prompts(
+    configs: &[PromptConfig],
+    text_encoder: &dyn Encoder,
+    text_model_sha: &str,
+    tokenizer: &Tokenizer,
+    cache: &mut PromptCache,
+) -> Result<PromptSet, PromptError> {
+    let mut prompts = Vec::with_capacity(configs.len());
+    for pc in configs {
+        let texts = pc.all_texts();
+        let mut sum = vec![0f32; text_encoder.info().output_dim];
+        for text in &texts {
+            let key = PromptCache::key(text_model_sha, text);
+            let emb = match cache.file.entries.get(&key) {
+                Some(e) if e.len() == sum.len() => e.clone(),
+                _ => {
+                    let ids = Tensor::from_i64(vec![1, text_pre::CONTEXT_LENGTH], tokenizer.tokenize(text).to_vec())
+                        .map_err(|e| PromptError::Encode {
+                            id: pc.id.clone(),
+                            source: EncodeError::Run {
+                                model: "text".into(),
+                                reason: e.to_string(),
+                            },
+                        })?;
+                    let out = text_encoder.encode(&ids).map_err(|source| PromptError::Encode {
+                        id: pc.id.clone(),
+                        source,
+                    })?;
+                    let e = out.as_f32().unwrap_or_default().to_vec();
+                    cache.file.entries.insert(key, e.clone());
+                    cache.dirty = true;
+                    e
+                }
+            };
+            sum.iter_mut().zip(&emb).for_each(|(s, x)| *s += x);
+        }
+        let n = texts.len().max(1) as f32;
+        sum.iter_mut().for_each(|s| *s /= n);
+        prompts.push(Prompt {
+            id: pc.id.clone(),
+            texts,
+            config: pc.clone(),
+            embedding: sum,
+        });
+    }
+    Ok(PromptSet { prompts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(id: &str, emb: Vec<f32>, modalities: Vec<Modality>) -> Prompt {
+        let config = PromptConfig {
+            id: id.into(),
+            text: Some(id.into()),
+            texts: vec![],
+            modalities,
+            sources: vec![],
+            threshold: 0.6,
+        };
+        Prompt {
+            id: id.into(),
+            texts: vec![id.into()],
+            config,
+            embedding: emb,
+        }
+    }
+
+    #[test]
+    fn scores_are_a_softmax_of_scaled_dot_products() {
+        let set = PromptSet {
+            prompts: vec![
+                prompt("a", vec![10.0, 0.0], vec![]),
+                prompt("b", vec![0.0, 10.0], vec![]),
+                prompt("c", vec![0.0, 10.0], vec![Modality::Depth]),
+            ],
+        };
+        let s = set.score(&[0.6, 0.8], Modality::Audio, "mic", 5);
+        assert_eq!(s.len(), 2, "c applies to depth only");
+        assert_eq!(s[0].label, "b");
+        let (eb, ea) = (8.0f32.exp(), 6.0f32.exp());
+        assert!((s[0].score - eb / (ea + eb)).abs() < 1e-6);
+        assert!((s[0].cosine - 0.8).abs() < 1e-6);
+        assert!(s[0].active && !s[1].active);
+        assert_eq!(set.score(&[0.6, 0.8], Modality::Audio, "mic", 1).len(), 1);
+    }
+}

@@ -1,0 +1,271 @@
+//! Encoder workers: one named thread per modality, fed by a bounded window queue.
+//!
+//! Overflow policy of the [`WindowQueue`]: **drop the oldest window** and count it — when inference falls behind,
+//! fresh windows are worth more than stale ones, and capture never waits. A worker takes up to `max_batch`
+//! windows (across the sources of its modality), waiting at most `max_wait` for a batch to fill, runs the tower
+//! once, scores each window against the prompts and queues one label message per window.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::clock::{self, Timestamp};
+use crate::encode::Encoder;
+use crate::labels::PromptSet;
+use crate::modality::Modality;
+use crate::publish::{LABELS_SCHEMA, LabelMessage, OutMessage, Outbox, Topics};
+use crate::tensor::Tensor;
+
+/// A preprocessed window on its way to an encoder.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Source name.
+    pub source: Arc<str>,
+    /// Modality.
+    pub modality: Modality,
+    /// Per-source sequence number.
+    pub seq: u64,
+    /// Time of the first sample.
+    pub t0: Timestamp,
+    /// Time of the window's end.
+    pub t1: Timestamp,
+    /// The tower's per-clip input (no batch dimension).
+    pub input: Tensor,
+}
+
+/// Counters of one modality's queue and worker.
+#[derive(Debug, Default)]
+pub struct EncoderStats {
+    /// Windows queued.
+    pub windows_queued_total: AtomicU64,
+    /// Windows dropped because the queue was full.
+    pub windows_dropped_total: AtomicU64,
+    /// Windows embedded.
+    pub windows_encoded_total: AtomicU64,
+    /// Windows lost to an inference error.
+    pub windows_failed_total: AtomicU64,
+    /// Encoder calls.
+    pub batches_total: AtomicU64,
+    /// Total inference time, microseconds.
+    pub infer_us_total: AtomicU64,
+    /// Label messages queued for publishing.
+    pub messages_total: AtomicU64,
+}
+
+/// The bounded queue in front of an encoder.
+#[derive(Debug)]
+pub struct WindowQueue {
+    inner: Mutex<VecDeque<Window>>,
+    ready: Condvar,
+    capacity: usize,
+    closed: AtomicBool,
+    stats: Arc<EncoderStats>,
+}
+
+impl WindowQueue {
+    /// A queue of `capacity` windows.
+    pub fn new(capacity: usize, stats: Arc<EncoderStats>) -> Self {
+        Self {
+            inner: Mutex::new(VecDeque::with_capacity(capacity.max(1))),
+            ready: Condvar::new(),
+            capacity: capacity.max(1),
+            closed: AtomicBool::new(false),
+            stats,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Window>> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Queues a window; never blocks; drops (and counts) the oldest when full. Returns the dropped window, if any.
+    pub fn push(&self, w: Window) -> Option<Window> {
+        let dropped = {
+            let mut q = self.lock();
+            let dropped = if q.len() >= self.capacity { q.pop_front() } else { None };
+            q.push_back(w);
+            dropped
+        };
+        self.stats.windows_queued_total.fetch_add(1, Ordering::Relaxed);
+        if dropped.is_some() {
+            self.stats.windows_dropped_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// No more windows will come; the worker drains what is queued and stops.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.ready.notify_all();
+    }
+
+    /// Windows waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `max` windows: waits for the first, then up to `max_wait` for more. Empty means closed and drained.
+    pub fn pop_batch(&self, max: usize, max_wait: Duration) -> Vec<Window> {
+        let mut q = self.lock();
+        while q.is_empty() {
+            if self.closed.load(Ordering::SeqCst) {
+                return Vec::new();
+            }
+            q = match self.ready.wait_timeout(q, Duration::from_millis(200)) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        let deadline = Instant::now() + max_wait;
+        while q.len() < max && !self.closed.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            q = match self.ready.wait_timeout(q, deadline - now) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        let n = q.len().min(max.max(1));
+        q.drain(..n).collect()
+    }
+}
+
+/// What a worker needs.
+pub struct WorkerContext {
+    /// The tower.
+    pub encoder: Arc<dyn Encoder>,
+    /// The prompts (swappable at run time).
+    pub prompts: Arc<RwLock<Arc<PromptSet>>>,
+    /// Where label messages go.
+    pub outbox: Arc<Outbox>,
+    /// Topic names.
+    pub topics: Topics,
+    /// Device id.
+    pub device: String,
+    /// QoS of label messages.
+    pub qos: u8,
+    /// Labels per message.
+    pub top_k: usize,
+    /// Most windows per call.
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill.
+    pub max_wait: Duration,
+    /// Counters.
+    pub stats: Arc<EncoderStats>,
+}
+
+/// The worker loop: runs until the queue is closed and drained.
+pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
+    let modality = cx.encoder.info().modality;
+    loop {
+        let batch = queue.pop_batch(cx.max_batch, cx.max_wait);
+        if batch.is_empty() {
+            break;
+        }
+        let inputs: Vec<Tensor> = batch.iter().map(|w| w.input.clone()).collect();
+        let started = Instant::now();
+        let result = Tensor::stack(&inputs)
+            .map_err(|e| e.to_string())
+            .and_then(|t| cx.encoder.encode(&t).map_err(|e| e.to_string()));
+        let elapsed = started.elapsed();
+        cx.stats.batches_total.fetch_add(1, Ordering::Relaxed);
+        cx.stats.infer_us_total.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let embeddings = match result {
+            Ok(e) => e,
+            Err(reason) => {
+                cx.stats
+                    .windows_failed_total
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(modality = %modality, windows = batch.len(), error = %reason, "Inference failed; these windows are lost.");
+                continue;
+            }
+        };
+        cx.stats
+            .windows_encoded_total
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let dim = cx.encoder.info().output_dim;
+        let values = embeddings.as_f32().unwrap_or_default();
+        let prompts = match cx.prompts.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        for (i, w) in batch.iter().enumerate() {
+            let emb = &values[i * dim..(i + 1) * dim];
+            let labels = prompts.score(emb, w.modality, &w.source, cx.top_k);
+            let now = clock::now();
+            let msg = LabelMessage {
+                schema: LABELS_SCHEMA,
+                device: cx.device.clone(),
+                source: w.source.to_string(),
+                modality: w.modality.to_string(),
+                seq: w.seq,
+                t0: clock::rfc3339_of(w.t0),
+                t1: clock::rfc3339_of(w.t1),
+                t0_mono_ns: w.t0.0,
+                t1_mono_ns: w.t1.0,
+                ts: clock::rfc3339_of(now),
+                latency_ms: now.since(w.t1).as_secs_f64() * 1e3,
+                model: cx.encoder.info().model_id.clone(),
+                labels,
+            };
+            match serde_json::to_vec(&msg) {
+                Ok(payload) => {
+                    cx.outbox.push(OutMessage {
+                        topic: cx.topics.labels(&w.source),
+                        payload,
+                        qos: cx.qos,
+                        retain: false,
+                    });
+                    cx.stats.messages_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(error = %e, "Cannot serialise a label message."),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(seq: u64) -> Window {
+        Window {
+            source: Arc::from("s"),
+            modality: Modality::Imu,
+            seq,
+            t0: Timestamp(0),
+            t1: Timestamp(0),
+            input: Tensor::from_f32(vec![1], vec![0.0]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn window_queue_drops_oldest_and_batches() {
+        let stats = Arc::new(EncoderStats::default());
+        let q = WindowQueue::new(3, Arc::clone(&stats));
+        for i in 0..5 {
+            q.push(window(i));
+        }
+        assert_eq!(stats.windows_dropped_total.load(Ordering::Relaxed), 2);
+        let b = q.pop_batch(2, Duration::ZERO);
+        assert_eq!(b.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![2, 3]);
+        q.close();
+        assert_eq!(q.pop_batch(8, Duration::from_millis(50)).len(), 1);
+        assert!(q.pop_batch(8, Duration::from_millis(50)).is_empty());
+    }
+}

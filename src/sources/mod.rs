@@ -1,0 +1,208 @@
+//! Sensors: everything that produces timestamped samples into a ring buffer.
+//!
+//! A source runs on its own named thread. It stamps each sample with the monotonic clock as close to its origin
+//! as it can, and pushes it into the source's ring ([`crate::ring`]): the push never blocks, and when the window
+//! stage falls behind the oldest samples are dropped and counted. Sources stop when the shutdown flag is raised.
+//!
+//! Implementations: [`replay`] (recorded files at their real pace) and [`synthetic`] (test signals). Hardware
+//! drivers implement the same [`Source`] trait.
+
+pub mod replay;
+pub mod synthetic;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::preprocess::depth::DepthMap;
+use crate::preprocess::image::{GrayImage, RgbImage};
+use crate::ring::RingProducer;
+
+/// One image-like frame.
+#[derive(Debug, Clone)]
+pub enum FrameImage {
+    /// Colour (vision).
+    Rgb(Arc<RgbImage>),
+    /// One channel with its native range (thermal).
+    Gray(Arc<GrayImage>),
+    /// Metric depth (depth).
+    Depth(Arc<DepthMap>),
+}
+
+impl FrameImage {
+    /// Approximate memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        match self {
+            FrameImage::Rgb(i) => i.width * i.height * 3,
+            FrameImage::Gray(i) => i.samples.len() * 2,
+            FrameImage::Depth(d) => d.metres.len() * 4,
+        }
+    }
+}
+
+/// A sample in a source's ring.
+#[derive(Debug, Clone)]
+pub enum Sample {
+    /// A frame captured at `t`.
+    Frame {
+        /// Capture time.
+        t: Timestamp,
+        /// The frame.
+        image: FrameImage,
+    },
+    /// Consecutive audio samples (first channel) starting at `t`.
+    Audio {
+        /// Time of the first sample.
+        t: Timestamp,
+        /// Samples per second.
+        rate_hz: u32,
+        /// Samples in [-1, 1].
+        samples: Vec<f32>,
+    },
+    /// One IMU reading: acc x, y, z (m/s²), gyro x, y, z (rad/s).
+    Imu {
+        /// Measurement time.
+        t: Timestamp,
+        /// The six channels.
+        values: [f32; 6],
+    },
+    /// A line of text.
+    Text {
+        /// Arrival time.
+        t: Timestamp,
+        /// The text.
+        text: String,
+    },
+}
+
+impl Sample {
+    /// The sample's timestamp.
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Sample::Frame { t, .. } | Sample::Audio { t, .. } | Sample::Imu { t, .. } | Sample::Text { t, .. } => *t,
+        }
+    }
+}
+
+/// The stop signal every component watches.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    /// A flag that is not raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the flag.
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// True once raised.
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps up to `d`, waking early (returns true) when the flag is raised.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let end = std::time::Instant::now() + d;
+        loop {
+            if self.is_raised() {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= end {
+                return false;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(20)));
+        }
+    }
+}
+
+/// Per-source counters, shared with the window stage and stats.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Samples (frames, audio blocks, IMU readings, lines) produced.
+    pub samples_total: AtomicU64,
+    /// Files or items that could not be read (the source skipped them).
+    pub errors_total: AtomicU64,
+}
+
+/// Where a source puts its samples: the ring's producer plus a wake-up for the window thread.
+#[derive(Debug)]
+pub struct SourceOutput {
+    ring: RingProducer<Sample>,
+    wake: Option<std::thread::Thread>,
+    stats: Arc<SourceStats>,
+}
+
+impl SourceOutput {
+    /// Wraps a ring producer; `wake` is the thread to unpark after each push.
+    pub fn new(ring: RingProducer<Sample>, wake: Option<std::thread::Thread>, stats: Arc<SourceStats>) -> Self {
+        Self { ring, wake, stats }
+    }
+
+    /// Pushes a sample; never blocks (the ring drops its oldest sample when full).
+    pub fn push(&mut self, sample: Sample) {
+        self.stats.samples_total.fetch_add(1, Ordering::Relaxed);
+        self.ring.push(sample);
+        if let Some(t) = &self.wake {
+            t.unpark();
+        }
+    }
+
+    /// Records a skipped item.
+    pub fn error(&self) {
+        self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a source stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[error("source {source_name}: {reason}")]
+pub struct SourceError {
+    /// The source.
+    pub source_name: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// A sensor.
+pub trait Source: Send {
+    /// Produces samples into `out` until `stop` is raised or the source is exhausted (a replay without looping).
+    fn run(&mut self, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), SourceError>;
+}
+
+/// Paces a loop at real time: `wait_until(offset)` sleeps until `offset` after the pacer's start.
+#[derive(Debug)]
+pub struct Pacer {
+    start: std::time::Instant,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pacer {
+    /// Starts the pacer now.
+    pub fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// Sleeps until `offset` after the start; true if interrupted by `stop`.
+    pub fn wait_until(&self, offset: Duration, stop: &StopFlag) -> bool {
+        let due = self.start + offset;
+        let now = std::time::Instant::now();
+        if due > now {
+            stop.sleep(due - now)
+        } else {
+            stop.is_raised()
+        }
+    }
+}
