@@ -103,6 +103,15 @@ fn empty_short_and_multichannel_audio_are_named() {
         &preprocess("audio", &eight, tmp.path()),
         &["eight.wav", "8 channels", "mono or stereo"],
     );
+    // A corrupt header's sample rate must not make the resampler allocate gigabytes (found by the fuzz test below).
+    for (file, rate, needle) in [("slow.wav", 1, "outside"), ("odd.wav", 44_101, "not a standard rate")] {
+        let p = tmp.path().join(file);
+        std::fs::write(&p, wav(1, rate, 32_000)).unwrap();
+        assert_clean_failure(
+            &preprocess("audio", &p, tmp.path()),
+            &[file, &format!("{rate} Hz"), needle],
+        );
+    }
     let garbage = tmp.path().join("noise.flac");
     std::fs::write(
         &garbage,

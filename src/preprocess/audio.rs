@@ -90,6 +90,7 @@ pub fn decode(bytes: Vec<u8>, name: &str) -> Result<Waveform, PreprocessError> {
     let sample_rate = params
         .sample_rate
         .ok_or_else(|| PreprocessError::decode(name, "the audio track declares no sample rate"))?;
+    check_rate(sample_rate).map_err(|e| PreprocessError::invalid(name, e))?;
     let declared_channels = params.channels.map(|c| c.count());
     if let Some(n) = declared_channels.filter(|&n| n > MAX_CHANNELS) {
         return Err(PreprocessError::invalid(
@@ -159,6 +160,36 @@ pub fn decode(bytes: Vec<u8>, name: &str) -> Result<Waveform, PreprocessError> {
         ));
     }
     Ok(Waveform { sample_rate, channels })
+}
+
+/// Lowest input rate accepted: below it a header is far more likely corrupt than real.
+pub const MIN_RATE: u32 = 1_000;
+/// Highest input rate accepted (the highest rate common audio hardware offers).
+pub const MAX_RATE: u32 = 768_000;
+/// Largest resampling kernel table (in f32s, 64 MiB) a rate may need. Exact sinc resampling builds one kernel per
+/// output phase of the gcd-reduced ratio, so a rate sharing little with 16 kHz (44 101 Hz: 16 000 phases of 44 135
+/// taps, 2.8 GB) would exhaust memory; every standard rate needs under 300 000.
+const MAX_KERNEL_FLOATS: u64 = 1 << 24;
+
+/// Whether `rate` Hz can be resampled to 16 kHz within the bounds above; the error says why not and what to do.
+pub fn check_rate(rate: u32) -> Result<(), String> {
+    if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        return Err(format!(
+            "sample rate {rate} Hz is outside {MIN_RATE}..={MAX_RATE} Hz (a corrupt header?)"
+        ));
+    }
+    let g = gcd(u64::from(rate), u64::from(SAMPLE_RATE));
+    let (orig, new) = (u64::from(rate) / g, u64::from(SAMPLE_RATE) / g);
+    let width = (6.0 * orig as f64 / (orig.min(new) as f64 * 0.99)).ceil() as u64;
+    let floats = new * (2 * width + orig);
+    if floats > MAX_KERNEL_FLOATS {
+        return Err(format!(
+            "sample rate {rate} Hz is not a standard rate: resampling it exactly to {SAMPLE_RATE} Hz needs a \
+             {} MB kernel table; convert the file first, e.g. `sox in.wav -r 16000 out.wav`",
+            floats * 4 / 1_000_000
+        ));
+    }
+    Ok(())
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -425,6 +456,19 @@ mod tests {
         assert_eq!(floor_scaled(0.1, 10, 1), 1); // 0.1 is slightly above 1/10 in binary
         assert_eq!(floor_scaled(0.3, 10, 1), 2); // 0.3 is slightly below 3/10
         assert_eq!(floor_scaled(1e300, 1, 1), usize::MAX);
+    }
+
+    #[test]
+    fn standard_rates_pass_and_odd_rates_are_named() {
+        for rate in [
+            8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 192000, 384000,
+        ] {
+            assert_eq!(check_rate(rate), Ok(()), "{rate}");
+        }
+        for rate in [0, 1, 999, 44101, 47999, 1_000_000] {
+            let err = check_rate(rate).unwrap_err();
+            assert!(err.contains(&format!("{rate} Hz")), "{err}");
+        }
     }
 
     #[test]
