@@ -35,6 +35,11 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Starts rumqttd on `127.0.0.1:port` on its own thread; returns when it accepts connections.
+///
+/// rumqttd keeps every published message in a per-topic commit log of `max_segment_count` segments of
+/// `max_segment_size` bytes, dropping the oldest segment when full; the log is what lets late subscribers catch
+/// up. It is sized small (2 × 1 MiB) to bound that log; a 10-minute demo still grows by a few MB inside the broker
+/// (docs/BENCHMARKS.md, "Memory over a 10-minute demo"), which is why `sensebind run` never embeds one.
 pub fn start_embedded_broker(port: u16) -> anyhow::Result<()> {
     let text = format!(
         r#"
@@ -43,8 +48,8 @@ id = 0
 id = 0
 max_connections = 64
 max_outgoing_packet_count = 1000
-max_segment_size = 104857600
-max_segment_count = 10
+max_segment_size = 1048576
+max_segment_count = 2
 
 [v4.1]
 name = "sensebind-demo"

@@ -10,7 +10,7 @@
 //! | vision | the first and the last frame in `[end − window, end)` (ImageBind's 2 frames per clip) | when a frame at or after `end` arrives |
 //! | audio | the last `window_secs · rate` samples, at the device rate (resampled to 16 kHz in `prepare`) | every `hop_secs · rate` samples |
 //! | imu | the samples in `[end − window, end)`, resampled to 2000 points | when a sample at or after `end` arrives |
-//! | depth, thermal | the newest frame before `end` | once per hop, if a new frame arrived |
+//! | depth, thermal | the first frame at or after each hop boundary, as it arrives | once per hop, if a frame arrived |
 //! | text | each line | at once |
 //!
 //! Window ends lie on a grid anchored at the first sample: `first + window + k · hop` (depth and thermal:
@@ -77,7 +77,7 @@ pub fn windower(modality: Modality, spec: WindowSpec) -> Box<dyn Windower> {
         Modality::Vision => Box::new(ClipWindower::new(spec)),
         Modality::Audio => Box::new(AudioWindower::new(spec)),
         Modality::Imu => Box::new(ImuWindower::new(spec)),
-        Modality::Depth | Modality::Thermal => Box::new(LatestFrameWindower::new(spec)),
+        Modality::Depth | Modality::Thermal => Box::new(HopFrameWindower::new(spec)),
         Modality::Text => Box::new(TextWindower),
     }
 }
@@ -156,42 +156,40 @@ impl Windower for ClipWindower {
     }
 }
 
-/// depth and thermal: the newest frame once per hop.
+/// depth and thermal: one frame per hop, the first to arrive at or after each hop boundary, emitted as it arrives
+/// (no waiting for a later frame, so the window stage adds no latency). Boundaries sit on a grid anchored at the
+/// first frame; a gap longer than a hop skips the empty hops rather than emitting stale frames.
 #[derive(Debug)]
-pub struct LatestFrameWindower {
+pub struct HopFrameWindower {
     hop: u64,
-    next_end: Option<u64>,
-    latest: Option<(Timestamp, FrameImage)>,
+    next_start: Option<u64>,
 }
 
-impl LatestFrameWindower {
+impl HopFrameWindower {
     fn new(spec: WindowSpec) -> Self {
         Self {
             hop: nanos(spec.hop_secs).max(1),
-            next_end: None,
-            latest: None,
+            next_start: None,
         }
     }
 }
 
-impl Windower for LatestFrameWindower {
+impl Windower for HopFrameWindower {
     fn push(&mut self, sample: Sample, out: &mut Vec<RawWindow>) {
         let Sample::Frame { t, image } = sample else { return };
-        let mut end = *self.next_end.get_or_insert(t.0 + self.hop);
-        if t.0 >= end {
-            if let Some((lt, frame)) = self.latest.take() {
-                out.push(RawWindow {
-                    t0: lt,
-                    t1: lt,
-                    data: RawWindowData::Frame(frame),
-                });
-            }
-            while t.0 >= end {
-                end += self.hop;
-            }
-            self.next_end = Some(end);
+        let mut start = *self.next_start.get_or_insert(t.0);
+        if t.0 < start {
+            return;
         }
-        self.latest = Some((t, image));
+        out.push(RawWindow {
+            t0: t,
+            t1: t,
+            data: RawWindowData::Frame(image),
+        });
+        while t.0 >= start {
+            start += self.hop;
+        }
+        self.next_start = Some(start);
     }
 }
 
@@ -570,12 +568,12 @@ mod tests {
     }
 
     #[test]
-    fn latest_frame_windows_emit_once_per_hop() {
+    fn frame_windows_emit_once_per_hop_without_waiting() {
         let spec = WindowSpec {
             window_secs: 1.0,
             hop_secs: 1.0,
         };
-        let mut w = LatestFrameWindower::new(spec);
+        let mut w = HopFrameWindower::new(spec);
         let mut out = Vec::new();
         for i in 0..35u64 {
             let image = FrameImage::Depth(Arc::new(crate::preprocess::depth::DepthMap {
@@ -592,6 +590,34 @@ mod tests {
             );
         }
         let times: Vec<u64> = out.iter().map(|rw| rw.t0.0 / 100_000_000).collect();
-        assert_eq!(times, vec![9, 19, 29]);
+        assert_eq!(times, vec![0, 10, 20, 30]);
+    }
+
+    #[test]
+    fn frame_windows_skip_empty_hops_after_a_gap() {
+        let spec = WindowSpec {
+            window_secs: 1.0,
+            hop_secs: 1.0,
+        };
+        let mut w = HopFrameWindower::new(spec);
+        let mut out = Vec::new();
+        // Frames every 100 ms, a silence from 1.2 s to 3.5 s, then frames again.
+        for i in (0..12u64).chain(35..52) {
+            let image = FrameImage::Gray(Arc::new(crate::preprocess::image::GrayImage {
+                width: 1,
+                height: 1,
+                bit_depth: 16,
+                samples: vec![i as u16],
+            }));
+            w.push(
+                Sample::Frame {
+                    t: Timestamp(i * 100_000_000),
+                    image,
+                },
+                &mut out,
+            );
+        }
+        let times: Vec<u64> = out.iter().map(|rw| rw.t0.0 / 100_000_000).collect();
+        assert_eq!(times, vec![0, 10, 35, 40, 50]);
     }
 }
