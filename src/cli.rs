@@ -12,8 +12,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::{BenchOptions, bench_encoder};
+use crate::encode::engine::{self, Backend, EngineOptions, ExecutionProviderConfig, ModelSource, OnnxRuntimeConfig};
 use crate::encode::verify::verify_dir;
-use crate::encode::{Encoder, ModelDir, TractEncoder, TractOptions, embed};
+use crate::encode::{Encoder, ModelDir, embed};
 use crate::modality::Modality;
 use crate::npy;
 use crate::preprocess::text::{CONTEXT_LENGTH, Tokenizer};
@@ -137,7 +138,81 @@ pub enum ModelsCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        backends: BackendArgs,
     },
+}
+
+/// Which backends run the towers (`embed`, `models verify`, `bench`).
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Backends, comma-separated: auto, tract, onnxruntime. `embed` takes one (default auto); `models verify` and
+    /// `bench` default to every backend that can run here.
+    #[arg(long = "backend", value_delimiter = ',', value_name = "BACKEND")]
+    pub backends: Vec<Backend>,
+    /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, else libonnxruntime.so on the loader's search path).
+    #[arg(long, value_name = "FILE")]
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime execution providers in order of preference, comma-separated: tensorrt, cuda, cpu.
+    #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = ExecutionProviderConfig::from_name)]
+    pub ort_providers: Vec<ExecutionProviderConfig>,
+    /// Let ONNX Runtime's threads spin between calls (ONNX Runtime's own default; sensebind's is off).
+    #[arg(long)]
+    pub ort_spinning: bool,
+}
+
+impl BackendArgs {
+    fn onnxruntime(&self) -> OnnxRuntimeConfig {
+        OnnxRuntimeConfig {
+            library: self.ort_library.clone(),
+            execution_providers: self.ort_providers.clone(),
+            intra_op_spinning: self.ort_spinning,
+        }
+    }
+
+    /// Options for one backend; TensorRT engines are cached under `$XDG_CACHE_HOME/sensebind/tensorrt`.
+    fn options(&self, backend: Backend, threads: usize) -> EngineOptions {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        EngineOptions {
+            backend,
+            threads,
+            onnxruntime: self.onnxruntime(),
+            cache_dir: cache.map(|c| c.join("sensebind/tensorrt")),
+            ..EngineOptions::default()
+        }
+    }
+
+    /// The single backend `embed` uses.
+    fn single(&self) -> anyhow::Result<Backend> {
+        match self.backends.as_slice() {
+            [] => Ok(Backend::Auto),
+            [one] => Ok(*one),
+            _ => bail!("--backend takes one backend here"),
+        }
+    }
+
+    /// The backends to compare (`models verify`, `bench`): those asked for, else every one that can run here.
+    /// Each comes with why it cannot run, if it cannot.
+    fn to_compare(&self) -> Vec<(Backend, Result<(), String>)> {
+        let available = engine::available_backends(&self.onnxruntime());
+        if self.backends.is_empty() {
+            return available;
+        }
+        let mut chosen: Vec<Backend> = self.backends.clone();
+        chosen.dedup();
+        chosen
+            .into_iter()
+            .map(|b| {
+                let status = available
+                    .iter()
+                    .find(|(a, _)| *a == b)
+                    .map_or(Ok(()), |(_, s)| s.clone());
+                (b, status)
+            })
+            .collect()
+    }
 }
 
 /// `sensebind demo`
@@ -202,6 +277,8 @@ pub struct EmbedArgs {
     /// Most clips per encoder call.
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,
+    #[command(flatten)]
+    pub backends: BackendArgs,
 }
 
 /// `sensebind bench`
@@ -228,9 +305,12 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Batch sizes that get a plan optimised for that fixed size (0 = none; others use the symbolic-batch plan).
+    /// tract: batch sizes that get a plan optimised for that fixed size (0 = none; others use the symbolic-batch
+    /// plan).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub batch_plans: Vec<usize>,
+    #[command(flatten)]
+    pub backends: BackendArgs,
 }
 
 /// Parses the command line, runs the verb and maps the outcome to an exit code.
@@ -281,8 +361,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Embed(args) => embed_cmd(&args),
         Command::Models {
-            command: ModelsCommand::Verify { dir, threads, json },
-        } => models_verify(dir.as_deref(), threads, json),
+            command:
+                ModelsCommand::Verify {
+                    dir,
+                    threads,
+                    json,
+                    backends,
+                },
+        } => models_verify(dir.as_deref(), threads, json, &backends),
         Command::Bench(args) => bench_cmd(&args),
         Command::Preprocess(args) => preprocess_cmd(&args),
         Command::Tokenize(args) => tokenize_cmd(&args),
@@ -410,16 +496,43 @@ fn check(args: &CheckArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn models_verify(dir: Option<&Path>, threads: usize, json: bool) -> anyhow::Result<u8> {
+fn models_verify(dir: Option<&Path>, threads: usize, json: bool, backends: &BackendArgs) -> anyhow::Result<u8> {
     let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_model_dir);
-    let options = TractOptions {
-        threads,
-        verify_checksum: true,
-        ..TractOptions::default()
+    let mut report: Option<crate::encode::verify::VerifyReport> = None;
+    let mut skipped = Vec::new();
+    let mut unavailable_asked = false;
+    for (backend, status) in backends.to_compare() {
+        if let Err(why) = status {
+            if !backends.backends.is_empty() && backend != Backend::Auto {
+                unavailable_asked = true;
+            }
+            skipped.push(serde_json::json!({ "backend": backend, "reason": why }));
+            continue;
+        }
+        let options = backends.options(backend, threads);
+        let one = verify_dir(&dir, &options).with_context(|| format!("verifying {}", dir.display()))?;
+        match &mut report {
+            Some(r) => r.towers.extend(one.towers),
+            None => report = Some(one),
+        }
+    }
+    let Some(report) = report else {
+        let reasons: Vec<String> = skipped
+            .iter()
+            .map(|s| {
+                format!(
+                    "the {} backend is unavailable: {}",
+                    s["backend"].as_str().unwrap_or_default(),
+                    s["reason"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        bail!("{}", reasons.join("; "));
     };
-    let report = verify_dir(&dir, &options).with_context(|| format!("verifying {}", dir.display()))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut doc = serde_json::to_value(&report)?;
+        doc["skipped"] = serde_json::Value::from(skipped);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("model {} ({})", report.model, dir.display());
         println!(
@@ -433,37 +546,48 @@ fn models_verify(dir: Option<&Path>, threads: usize, json: bool) -> anyhow::Resu
                 .map(|e| format!("max-abs {e:.2e} (tolerance {:.0e}, {} rows)", t.tolerance, t.rows))
                 .unwrap_or_default();
             println!(
-                "{} {:<8} {:<6} {err} {}",
+                "{} {:<8} {:<11} {err} {}",
                 if t.passed { "PASS" } else { "FAIL" },
                 t.modality.as_str(),
                 t.backend,
                 if t.passed { String::new() } else { t.detail.clone() }
             );
         }
+        for s in &skipped {
+            println!(
+                "SKIP {} backend: {}",
+                s["backend"].as_str().unwrap_or_default(),
+                s["reason"].as_str().unwrap_or_default()
+            );
+        }
     }
-    Ok(if report.passed() { EXIT_OK } else { EXIT_FAILURE })
+    Ok(if report.passed() && !unavailable_asked {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    })
 }
 
 /// Loads an encoder from a model directory or a bare ONNX file.
-pub fn load_encoder(model: Option<&Path>, modality: Modality, threads: usize) -> anyhow::Result<TractEncoder> {
-    let options = TractOptions {
-        threads,
-        verify_checksum: true,
-        ..TractOptions::default()
-    };
+pub fn load_encoder(
+    model: Option<&Path>,
+    modality: Modality,
+    options: &EngineOptions,
+) -> anyhow::Result<std::sync::Arc<dyn Encoder>> {
     let path = model.map(Path::to_path_buf).unwrap_or_else(default_model_dir);
     let encoder = if path.is_dir() {
         let dir = ModelDir::open(&path)?;
-        TractEncoder::from_model_dir(&dir, modality, &options)?
+        engine::load(ModelSource::Dir(&dir), modality, options)?
     } else {
-        TractEncoder::from_onnx(&path, modality, &options)?
+        engine::load(ModelSource::Onnx(&path), modality, options)?
     };
     Ok(encoder)
 }
 
 fn embed_cmd(args: &EmbedArgs) -> anyhow::Result<u8> {
     let out_kind = OutputKind::from_path(&args.out)?;
-    let encoder = load_encoder(args.model.as_deref(), args.modality, args.threads)?;
+    let options = args.backends.options(args.backends.single()?, args.threads);
+    let encoder = load_encoder(args.model.as_deref(), args.modality, &options)?;
     let mut rows: Vec<(String, usize)> = Vec::new();
     let mut embeddings: Vec<f32> = Vec::new();
     let dim = encoder.info().output_dim;
@@ -471,7 +595,7 @@ fn embed_cmd(args: &EmbedArgs) -> anyhow::Result<u8> {
     for input in &args.inputs {
         let name = input.display().to_string();
         let (tensor, unbatched) = inputs.read(input).with_context(|| format!("embedding {name}"))?;
-        let emb = embed_any(&encoder, tensor, unbatched || args.unbatched, args.max_batch)
+        let emb = embed_any(encoder.as_ref(), tensor, unbatched || args.unbatched, args.max_batch)
             .with_context(|| format!("embedding {name}"))?;
         let n = emb.shape()[0];
         embeddings.extend_from_slice(emb.as_f32().unwrap_or_default());
@@ -683,37 +807,42 @@ fn bench_cmd(args: &BenchArgs) -> anyhow::Result<u8> {
     if !args.json {
         println!("model {} ({})", dir.manifest().name, dir_path.display());
         println!(
-            "{:<8} {:<7} {:>7} {:>5} {:>6} {:>10} {:>10} {:>10}",
+            "{:<8} {:<11} {:>7} {:>5} {:>6} {:>10} {:>10} {:>10}",
             "tower", "backend", "threads", "batch", "iters", "p50 ms", "p95 ms", "clips/s"
         );
     }
+    let backends = args.backends.to_compare();
     for &modality in &modalities {
-        for &threads in &args.threads {
-            let encoder = TractEncoder::from_model_dir(
-                &dir,
-                modality,
-                &TractOptions {
-                    threads,
-                    verify_checksum: true,
+        for (backend, status) in &backends {
+            if let Err(why) = status {
+                if modality == modalities[0] {
+                    tracing::warn!(backend = %backend, reason = %why, "Skipping a backend that cannot run here.");
+                }
+                continue;
+            }
+            for &threads in &args.threads {
+                let engine_options = EngineOptions {
                     batch_plans: args.batch_plans.clone(),
-                },
-            )?;
-            for &batch in &args.batch {
-                let row = bench_encoder(&encoder, batch.max(1), threads, &options)?;
-                if args.json {
-                    println!("{}", serde_json::to_string(&row)?);
-                } else {
-                    println!(
-                        "{:<8} {:<7} {:>7} {:>5} {:>6} {:>10.2} {:>10.2} {:>10.1}",
-                        row.modality,
-                        row.backend,
-                        row.threads,
-                        row.batch,
-                        row.iters,
-                        row.p50_ms,
-                        row.p95_ms,
-                        row.clips_per_s
-                    );
+                    ..args.backends.options(*backend, threads)
+                };
+                let encoder = engine::load(ModelSource::Dir(&dir), modality, &engine_options)?;
+                for &batch in &args.batch {
+                    let row = bench_encoder(encoder.as_ref(), batch.max(1), threads, &options)?;
+                    if args.json {
+                        println!("{}", serde_json::to_string(&row)?);
+                    } else {
+                        println!(
+                            "{:<8} {:<11} {:>7} {:>5} {:>6} {:>10.2} {:>10.2} {:>10.1}",
+                            row.modality,
+                            row.backend,
+                            row.threads,
+                            row.batch,
+                            row.iters,
+                            row.p50_ms,
+                            row.p95_ms,
+                            row.clips_per_s
+                        );
+                    }
                 }
             }
         }

@@ -51,12 +51,79 @@ fn example_documents_every_top_level_key() {
         assert!(text.contains(key), "example.toml lacks {key}");
     }
     let schema: serde_json::Value = serde_json::from_str(&sensebind::config::json_schema()).unwrap();
-    for def in ["RuntimeConfig", "ModelsConfig", "MqttConfig"] {
+    for def in ["RuntimeConfig", "ModelsConfig", "MqttConfig", "OnnxRuntimeConfig"] {
         for key in schema["$defs"][def]["properties"].as_object().unwrap().keys() {
             assert!(
-                text.contains(&format!("{key} =")),
+                text.contains(&format!("{key} =")) || text.contains(&format!(".{key}]")),
                 "example.toml does not document {def}.{key}"
             );
         }
     }
+}
+
+#[test]
+fn backend_settings_are_validated_with_their_key_paths() {
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/imagebind-tiny");
+    let text = format!(
+        r#"
+[device]
+id = "dev"
+[models]
+dir = "{}"
+backend = "onnxruntime"
+[models.towers.audio]
+threads = 0
+[models.towers.vision]
+backend = "tract"
+[models.onnxruntime]
+library = "lib/missing/libonnxruntime.so.1.32.0"
+execution_providers = [{{ type = "cuda" }}, {{ type = "cuda", device_id = 1 }}]
+"#,
+        models.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = sensebind::config::parse(&text, &dir.path().join("c.toml"), dir.path()).unwrap_err();
+    let issues: Vec<(String, String)> = err.issues.iter().map(|i| (i.path.clone(), i.message.clone())).collect();
+    let find = |path: &str| {
+        issues
+            .iter()
+            .find(|(p, _)| p == path)
+            .unwrap_or_else(|| panic!("no issue at {path}: {issues:?}"))
+            .1
+            .clone()
+    };
+    assert!(find("models.towers.audio.threads").contains("between 1 and 256"));
+    let lib = find("models.onnxruntime.library");
+    assert!(
+        lib.contains("does not exist") && lib.contains(&dir.path().join("lib/missing").display().to_string()),
+        "{lib}"
+    );
+    assert!(find("models.onnxruntime.execution_providers[1]").contains("cuda is listed twice"));
+    assert_eq!(issues.len(), 3, "{issues:?}");
+
+    let unknown = text.replace("backend = \"tract\"", "backend = \"wgpu\"");
+    let err = sensebind::config::parse(&unknown, &dir.path().join("c.toml"), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("wgpu") && err.contains("auto") && err.contains("onnxruntime"),
+        "{err}"
+    );
+
+    // Per-tower overrides resolve against [models].
+    let ok = text
+        .replace("threads = 0", "threads = 3")
+        .replace("library = \"lib/missing/libonnxruntime.so.1.32.0\"\n", "")
+        .replace(
+            r#"[{ type = "cuda" }, { type = "cuda", device_id = 1 }]"#,
+            r#"[{ type = "cuda" }]"#,
+        );
+    let loaded = sensebind::config::parse(&ok, &dir.path().join("c.toml"), dir.path()).unwrap();
+    use sensebind::encode::Backend;
+    use sensebind::modality::Modality;
+    let audio = loaded.engine_options(Modality::Audio);
+    assert_eq!((audio.backend, audio.threads), (Backend::Onnxruntime, 3));
+    let vision = loaded.engine_options(Modality::Vision);
+    assert_eq!((vision.backend, vision.threads), (Backend::Tract, 1));
+    assert_eq!(audio.cache_dir, Some(dir.path().join("state/tensorrt")));
 }

@@ -30,6 +30,11 @@ stats_interval_secs = 1
 [models]
 dir = {models}
 
+# The vision tower on tract whatever `auto` picks for the others (ONNX Runtime when tools/test provides it).
+[models.towers.vision]
+backend = "tract"
+threads = 2
+
 [mqtt]
 url = "{mqtt_url}"
 qos = 1
@@ -249,6 +254,17 @@ fn six_modalities_end_to_end_then_sigterm() {
         );
     }
     assert_eq!(last_stats["mqtt"]["dropped_total"], 0);
+    let auto_backend = if sensebind::encode::engine::ONNXRUNTIME_BUILT
+        && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty())
+    {
+        "onnxruntime"
+    } else {
+        "tract"
+    };
+    for (modality, e) in last_stats["encoders"].as_object().unwrap() {
+        let expected = if modality == "vision" { "tract" } else { auto_backend };
+        assert_eq!(e["backend"], expected, "{modality}");
+    }
 
     // A new subscriber gets the retained availability: offline.
     drop(sub);

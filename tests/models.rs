@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sensebind::encode::verify::{max_abs_diff, verify_dir};
-use sensebind::encode::{EncodeError, Encoder, ModelDir, TractEncoder, TractOptions, embed};
+use sensebind::encode::{Backend, EncodeError, Encoder, EngineOptions, ModelDir, TractEncoder, TractOptions, embed};
 use sensebind::modality::Modality;
 use sensebind::npy;
 use sensebind::tensor::Tensor;
@@ -48,7 +48,11 @@ fn assert_clean_failure(out: &Output, needles: &[&str]) {
 
 #[test]
 fn every_bundled_tower_matches_pytorch_within_1e5() {
-    let report = verify_dir(&tiny(), &TractOptions::default()).unwrap();
+    let options = EngineOptions {
+        backend: Backend::Tract,
+        ..EngineOptions::default()
+    };
+    let report = verify_dir(&tiny(), &options).unwrap();
     assert!(report.bpe_ok);
     assert_eq!(report.towers.len(), 6, "{report:?}");
     for t in &report.towers {
@@ -391,7 +395,7 @@ fn a_model_with_the_wrong_modality_is_rejected_by_shape() {
 }
 
 #[test]
-fn bench_reports_each_tower_at_batch_1_and_4() {
+fn bench_reports_each_tower_at_batch_1_and_4_on_every_backend() {
     let out = sensebind(&[
         "bench",
         "--secs",
@@ -407,9 +411,17 @@ fn bench_reports_each_tower_at_batch_1_and_4() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["batch"], 1);
-    assert_eq!(rows[1]["batch"], 4);
+    let backends: Vec<&str> = rows.iter().map(|r| r["backend"].as_str().unwrap()).collect();
+    let mut expected = vec!["tract", "tract"];
+    if sensebind::encode::engine::ONNXRUNTIME_BUILT && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty())
+    {
+        expected.extend(["onnxruntime", "onnxruntime"]);
+    }
+    assert_eq!(backends, expected);
+    for pair in rows.chunks(2) {
+        assert_eq!(pair[0]["batch"], 1);
+        assert_eq!(pair[1]["batch"], 4);
+    }
     for r in rows {
         assert!(r["p50_ms"].as_f64().unwrap() > 0.0);
         assert!(r["p95_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::encode::EngineOptions;
 use crate::modality::Modality;
 use crate::preprocess::PreprocessConfig;
 
@@ -83,13 +84,7 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Inference backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Backend {
-    /// Pure-Rust CPU inference (always available).
-    Tract,
-}
+pub use crate::encode::engine::{Backend, ExecutionProviderConfig, OnnxRuntimeConfig};
 
 /// `[models]`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -97,7 +92,8 @@ pub enum Backend {
 pub struct ModelsConfig {
     /// Model directory (manifest.toml + one ONNX file per modality). Relative to the configuration file.
     pub dir: PathBuf,
-    /// Inference backend.
+    /// Inference backend for every tower: `auto` (ONNX Runtime when its library loads, else tract), `tract` or
+    /// `onnxruntime`. `[models.towers.<modality>]` overrides it per tower.
     pub backend: Backend,
     /// Engine threads per encoder.
     pub threads: usize,
@@ -109,21 +105,97 @@ pub struct ModelsConfig {
     pub queue_windows: usize,
     /// Check every ONNX file's sha256 against the manifest at start-up.
     pub verify_checksums: bool,
-    /// Batch sizes that get a plan optimised for that size (faster, one more copy of the weights each).
+    /// tract: batch sizes that get a plan optimised for that size (faster, one more copy of the weights each).
     pub batch_plans: Vec<usize>,
+    /// The ONNX Runtime library and its execution providers.
+    pub onnxruntime: OnnxRuntimeConfig,
+    /// Per-tower overrides of `backend` and `threads`.
+    pub towers: TowersConfig,
+}
+
+/// `[models.towers]`: one optional table per modality.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TowersConfig {
+    /// The vision tower (images and video).
+    pub vision: Option<TowerConfig>,
+    /// The text tower (prompts).
+    pub text: Option<TowerConfig>,
+    /// The audio tower.
+    pub audio: Option<TowerConfig>,
+    /// The depth tower.
+    pub depth: Option<TowerConfig>,
+    /// The thermal tower.
+    pub thermal: Option<TowerConfig>,
+    /// The IMU tower.
+    pub imu: Option<TowerConfig>,
+}
+
+impl TowersConfig {
+    /// The override for one modality, if any.
+    pub fn get(&self, modality: Modality) -> Option<&TowerConfig> {
+        match modality {
+            Modality::Vision => self.vision.as_ref(),
+            Modality::Text => self.text.as_ref(),
+            Modality::Audio => self.audio.as_ref(),
+            Modality::Depth => self.depth.as_ref(),
+            Modality::Thermal => self.thermal.as_ref(),
+            Modality::Imu => self.imu.as_ref(),
+        }
+    }
+}
+
+/// `[models.towers.<modality>]`: how one tower runs, overriding `[models]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TowerConfig {
+    /// This tower's backend.
+    pub backend: Option<Backend>,
+    /// This tower's engine threads.
+    pub threads: Option<usize>,
+}
+
+impl ModelsConfig {
+    /// How `modality`'s tower is loaded: `[models]` with the tower's overrides. `config_dir` resolves a relative
+    /// ONNX Runtime library path; `state_dir` holds the TensorRT engine cache.
+    pub fn engine_options(&self, modality: Modality, config_dir: &Path, state_dir: &Path) -> EngineOptions {
+        let tower = self.towers.get(modality);
+        let mut onnxruntime = self.onnxruntime.clone();
+        onnxruntime.library = onnxruntime.library.map(|p| resolve_library(config_dir, &p));
+        EngineOptions {
+            backend: tower.and_then(|t| t.backend).unwrap_or(self.backend),
+            threads: tower.and_then(|t| t.threads).unwrap_or(self.threads),
+            verify_checksum: self.verify_checksums,
+            batch_plans: self.batch_plans.clone(),
+            onnxruntime,
+            cache_dir: Some(state_dir.join("tensorrt")),
+        }
+    }
+}
+
+/// A library path from the configuration: relative paths with a folder part are relative to the configuration
+/// file; a bare file name (`libonnxruntime.so.1`) is left to the dynamic loader's search path.
+fn resolve_library(config_dir: &Path, library: &Path) -> PathBuf {
+    if library.is_absolute() || library.components().count() == 1 {
+        library.to_path_buf()
+    } else {
+        config_dir.join(library)
+    }
 }
 
 impl Default for ModelsConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("models/imagebind-tiny"),
-            backend: Backend::Tract,
+            backend: Backend::Auto,
             threads: 1,
             max_batch: 4,
             max_wait_ms: 20,
             queue_windows: 8,
             verify_checksums: true,
             batch_plans: vec![1],
+            onnxruntime: OnnxRuntimeConfig::default(),
+            towers: TowersConfig::default(),
         }
     }
 }
@@ -427,6 +499,12 @@ impl LoadedConfig {
             self.base.join(p)
         }
     }
+
+    /// How `modality`'s tower is loaded ([`ModelsConfig::engine_options`] with this file's folders).
+    pub fn engine_options(&self, modality: Modality) -> EngineOptions {
+        let state_dir = self.resolve(&self.config.runtime.state_dir);
+        self.config.models.engine_options(modality, &self.base, &state_dir)
+    }
 }
 
 /// Reads, parses and validates a configuration file.
@@ -703,6 +781,49 @@ fn validate(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Vec<ConfigIssue
                 "models.threads".into(),
                 format!("must be between 1 and 256, got {}", m.threads),
             );
+        }
+        for modality in Modality::ALL {
+            let Some(tower) = m.towers.get(modality) else { continue };
+            if let Some(t) = tower.threads.filter(|&t| t == 0 || t > 256) {
+                push(
+                    format!("models.towers.{modality}.threads"),
+                    format!("must be between 1 and 256, got {t}"),
+                );
+            }
+        }
+        let uses_ort = m.backend == Backend::Onnxruntime
+            || Modality::ALL
+                .iter()
+                .any(|&x| m.towers.get(x).and_then(|t| t.backend) == Some(Backend::Onnxruntime));
+        if uses_ort && !crate::encode::engine::ONNXRUNTIME_BUILT {
+            push(
+                "models.backend".into(),
+                "onnxruntime: this sensebind was built without the `onnxruntime` feature (use auto or tract)".into(),
+            );
+        }
+        if let Some(lib) = &m.onnxruntime.library {
+            let resolved = resolve_library(&loaded.base, lib);
+            if resolved.components().count() > 1 && !resolved.is_file() {
+                push(
+                    "models.onnxruntime.library".into(),
+                    format!("{} does not exist", resolved.display()),
+                );
+            }
+        }
+        if m.onnxruntime.execution_providers.is_empty() {
+            push(
+                "models.onnxruntime.execution_providers".into(),
+                "must list at least one provider, e.g. [{ type = \"cpu\" }]".into(),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, ep) in m.onnxruntime.execution_providers.iter().enumerate() {
+            if !seen.insert(ep.name()) {
+                push(
+                    format!("models.onnxruntime.execution_providers[{i}]"),
+                    format!("{} is listed twice", ep.name()),
+                );
+            }
         }
         if m.max_batch == 0 || m.max_batch > 256 {
             push(

@@ -5,14 +5,19 @@
 //! [`embed`] adds what ImageBind's forward does around the tower: images become 2-frame clips, multi-clip inputs
 //! (video: 15 clips, audio: 3) are embedded clip by clip and averaged.
 //!
-//! Backends: [`tract_cpu`] (pure Rust, always available). Others slot in behind the same trait.
+//! Backends: [`tract_cpu`] (pure Rust, always available) and [`onnxruntime`] (ONNX Runtime loaded at run time,
+//! feature `onnxruntime`); [`engine`] picks one per tower (`auto`, `tract`, `onnxruntime`).
 
+pub mod engine;
 pub mod manifest;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
 pub mod tract_cpu;
 pub mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+pub use engine::{Backend, EngineOptions, ExecutionProviderConfig, ModelSource, OnnxRuntimeConfig};
 pub use manifest::{Manifest, ModelDir, TowerManifest};
 pub use tract_cpu::{TractEncoder, TractOptions};
 
@@ -135,6 +140,14 @@ pub enum EncodeError {
         /// The model id.
         model: String,
         /// The engine's explanation.
+        reason: String,
+    },
+    /// A backend cannot be used here (not built in, or its library does not load).
+    #[error("the {backend} backend is unavailable: {reason}")]
+    Backend {
+        /// The backend asked for.
+        backend: &'static str,
+        /// Why it cannot be used.
         reason: String,
     },
     /// The model produced non-finite output.
@@ -271,6 +284,118 @@ fn mean_over_clips(per_clip: &Tensor, rows: usize, per_row: usize, dim: usize) -
         acc.iter_mut().for_each(|a| *a /= per_row as f32);
     }
     Tensor::from_f32(vec![rows, dim], out).unwrap_or_else(|_| per_clip.clone())
+}
+
+/// A tower's ONNX file in a model directory and its model id, after checking it exists and (if asked) its sha256.
+pub(crate) fn tower_file(
+    dir: &ModelDir,
+    modality: Modality,
+    verify_checksum: bool,
+) -> Result<(PathBuf, String), EncodeError> {
+    let tower = dir.tower(modality)?;
+    let path = dir.path(&tower.file);
+    if !path.exists() {
+        return Err(EncodeError::MissingFile { path });
+    }
+    if verify_checksum {
+        dir.verify_tower_checksum(modality)?;
+    }
+    Ok((path, dir.model_id(modality)?))
+}
+
+/// A bare ONNX file's model id (its file name), after checking it exists.
+pub(crate) fn bare_model_id(path: &Path) -> Result<String, EncodeError> {
+    if !path.exists() {
+        return Err(EncodeError::MissingFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string()))
+}
+
+/// Checks a loaded graph's input and output against what the manifest says about its tower.
+pub(crate) fn check_against_manifest(dir: &ModelDir, info: &EncoderInfo) -> Result<(), EncodeError> {
+    let tower = dir.tower(info.modality)?;
+    let manifest = dir.root().join(manifest::MANIFEST_FILE);
+    let modality = info.modality;
+    if info.input_shape != tower.input_shape || info.input_dtype != tower.input_dtype {
+        return Err(EncodeError::Manifest {
+            path: manifest,
+            reason: format!(
+                "towers.{modality} says the input is {} {:?}, but {} takes {} {:?}",
+                tower.input_dtype,
+                tower.input_shape,
+                info.path.display(),
+                info.input_dtype,
+                info.input_shape
+            ),
+        });
+    }
+    if info.output_dim != tower.output_dim {
+        return Err(EncodeError::Manifest {
+            path: manifest,
+            reason: format!(
+                "towers.{modality}.output_dim is {}, but {} outputs {}",
+                tower.output_dim,
+                info.path.display(),
+                info.output_dim
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Runs a graph exported with a fixed batch size `n` on any batch: chunks of exactly `n`, the last padded with
+/// copies of its first row (whose outputs are dropped).
+pub(crate) fn encode_fixed(
+    info: &EncoderInfo,
+    batch: &Tensor,
+    n: usize,
+    run_once: impl Fn(&Tensor) -> Result<Tensor, EncodeError>,
+) -> Result<Tensor, EncodeError> {
+    let rows = batch.shape()[0];
+    let row_len = batch.len() / rows.max(1);
+    let dim = info.output_dim;
+    let run_err = |e: crate::tensor::ShapeMismatch| EncodeError::Run {
+        model: info.model_id.clone(),
+        reason: e.to_string(),
+    };
+    let mut out = Vec::with_capacity(rows * dim);
+    for start in (0..rows).step_by(n.max(1)) {
+        let end = (start + n).min(rows);
+        let mut shape = batch.shape().to_vec();
+        shape[0] = n;
+        let data = match batch.data() {
+            TensorData::F32(v) => TensorData::F32(pad_rows(&v[start * row_len..end * row_len], row_len, n)),
+            TensorData::I64(v) => TensorData::I64(pad_rows(&v[start * row_len..end * row_len], row_len, n)),
+        };
+        let chunk = Tensor::new(shape, data).map_err(run_err)?;
+        let emb = run_once(&chunk)?;
+        out.extend_from_slice(&emb.as_f32().unwrap_or_default()[..(end - start) * dim]);
+    }
+    Tensor::from_f32(vec![rows, dim], out).map_err(run_err)
+}
+
+fn pad_rows<T: Copy>(rows: &[T], row_len: usize, n: usize) -> Vec<T> {
+    let mut v = rows.to_vec();
+    while v.len() < n * row_len {
+        v.extend_from_slice(&rows[..row_len]);
+    }
+    v
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
 }
 
 /// Checks a batch against the encoder's input spec: shape, dtype and finiteness.

@@ -18,7 +18,7 @@ use tract_onnx::prelude::{
 
 use tract_onnx::prelude::tract_data::internal::DimLike;
 
-use super::{EncodeError, Encoder, EncoderInfo, ModelDir, check_batch};
+use super::{EncodeError, Encoder, EncoderInfo, ModelDir, check_batch, panic_message};
 use crate::modality::Modality;
 use crate::tensor::{DType, Tensor, TensorData};
 
@@ -65,55 +65,15 @@ impl TractEncoder {
     /// Loads a modality's tower from a model directory, verifying its checksum (unless disabled) and checking the
     /// graph against the manifest.
     pub fn from_model_dir(dir: &ModelDir, modality: Modality, options: &TractOptions) -> Result<Self, EncodeError> {
-        let tower = dir.tower(modality)?;
-        let path = dir.path(&tower.file);
-        if !path.exists() {
-            return Err(EncodeError::MissingFile { path });
-        }
-        if options.verify_checksum {
-            dir.verify_tower_checksum(modality)?;
-        }
-        let model_id = dir.model_id(modality)?;
+        let (path, model_id) = super::tower_file(dir, modality, options.verify_checksum)?;
         let encoder = Self::load(&path, modality, model_id, options)?;
-        let info = &encoder.info;
-        if info.input_shape != tower.input_shape || info.input_dtype != tower.input_dtype {
-            return Err(EncodeError::Manifest {
-                path: dir.root().join(super::manifest::MANIFEST_FILE),
-                reason: format!(
-                    "towers.{modality} says the input is {} {:?}, but {} takes {} {:?}",
-                    tower.input_dtype,
-                    tower.input_shape,
-                    path.display(),
-                    info.input_dtype,
-                    info.input_shape
-                ),
-            });
-        }
-        if info.output_dim != tower.output_dim {
-            return Err(EncodeError::Manifest {
-                path: dir.root().join(super::manifest::MANIFEST_FILE),
-                reason: format!(
-                    "towers.{modality}.output_dim is {}, but {} outputs {}",
-                    tower.output_dim,
-                    path.display(),
-                    info.output_dim
-                ),
-            });
-        }
+        super::check_against_manifest(dir, &encoder.info)?;
         Ok(encoder)
     }
 
     /// Loads a bare ONNX file (no manifest): the input and output are read from the graph.
     pub fn from_onnx(path: &Path, modality: Modality, options: &TractOptions) -> Result<Self, EncodeError> {
-        if !path.exists() {
-            return Err(EncodeError::MissingFile {
-                path: path.to_path_buf(),
-            });
-        }
-        let model_id = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
+        let model_id = super::bare_model_id(path)?;
         Self::load(path, modality, model_id, options)
     }
 
@@ -205,7 +165,7 @@ impl Encoder for TractEncoder {
     fn encode(&self, batch: &Tensor) -> Result<Tensor, EncodeError> {
         check_batch(&self.info, batch)?;
         match self.info.fixed_batch {
-            Some(n) if batch.shape()[0] != n => self.encode_fixed(batch, n),
+            Some(n) if batch.shape()[0] != n => super::encode_fixed(&self.info, batch, n, |chunk| self.run_once(chunk)),
             _ => self.run_once(batch),
         }
     }
@@ -213,43 +173,6 @@ impl Encoder for TractEncoder {
     fn backend(&self) -> &'static str {
         "tract"
     }
-}
-
-impl TractEncoder {
-    /// A graph exported with a fixed batch size: run chunks of exactly `n`, padding the last with its first row.
-    fn encode_fixed(&self, batch: &Tensor, n: usize) -> Result<Tensor, EncodeError> {
-        let rows = batch.shape()[0];
-        let row_len = batch.len() / rows.max(1);
-        let dim = self.info.output_dim;
-        let mut out = Vec::with_capacity(rows * dim);
-        for start in (0..rows).step_by(n.max(1)) {
-            let end = (start + n).min(rows);
-            let mut shape = batch.shape().to_vec();
-            shape[0] = n;
-            let data = match batch.data() {
-                TensorData::F32(v) => TensorData::F32(pad_rows(&v[start * row_len..end * row_len], row_len, n)),
-                TensorData::I64(v) => TensorData::I64(pad_rows(&v[start * row_len..end * row_len], row_len, n)),
-            };
-            let chunk = Tensor::new(shape, data).map_err(|e| EncodeError::Run {
-                model: self.info.model_id.clone(),
-                reason: e.to_string(),
-            })?;
-            let emb = self.run_once(&chunk)?;
-            out.extend_from_slice(&emb.as_f32().unwrap_or_default()[..(end - start) * dim]);
-        }
-        Tensor::from_f32(vec![rows, dim], out).map_err(|e| EncodeError::Run {
-            model: self.info.model_id.clone(),
-            reason: e.to_string(),
-        })
-    }
-}
-
-fn pad_rows<T: Copy>(rows: &[T], row_len: usize, n: usize) -> Vec<T> {
-    let mut v = rows.to_vec();
-    while v.len() < n * row_len {
-        v.extend_from_slice(&rows[..row_len]);
-    }
-    v
 }
 
 struct Prepared {
@@ -340,14 +263,4 @@ fn to_tract(t: &Tensor) -> anyhow::Result<TractTensor> {
         TensorData::F32(v) => TractTensor::from_shape(t.shape(), v)?,
         TensorData::I64(v) => TractTensor::from_shape(t.shape(), v)?,
     })
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
-    }
 }

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use super::{EncodeError, ModelDir, TractEncoder, TractOptions, embed};
+use super::engine::{self, EngineOptions, ModelSource};
+use super::{EncodeError, ModelDir, embed};
 use crate::modality::Modality;
 use crate::npy;
 
@@ -46,8 +47,9 @@ impl VerifyReport {
     }
 }
 
-/// Checks every tower of a model directory: sha256, load, self-test within tolerance.
-pub fn verify_dir(dir: &Path, options: &TractOptions) -> Result<VerifyReport, EncodeError> {
+/// Checks every tower of a model directory on the backend `options` name: sha256, load, self-test within
+/// tolerance.
+pub fn verify_dir(dir: &Path, options: &EngineOptions) -> Result<VerifyReport, EncodeError> {
     let model_dir = ModelDir::open(dir)?;
     let bpe_ok = match model_dir.verify_bpe_checksum() {
         Ok(()) => true,
@@ -68,7 +70,7 @@ pub fn verify_dir(dir: &Path, options: &TractOptions) -> Result<VerifyReport, En
     })
 }
 
-fn check_tower(dir: &ModelDir, modality: Modality, options: &TractOptions) -> TowerCheck {
+fn check_tower(dir: &ModelDir, modality: Modality, options: &EngineOptions) -> TowerCheck {
     let tolerance = dir
         .tower(modality)
         .ok()
@@ -76,7 +78,7 @@ fn check_tower(dir: &ModelDir, modality: Modality, options: &TractOptions) -> To
         .unwrap_or(DEFAULT_TOLERANCE);
     let mut check = TowerCheck {
         modality,
-        backend: "tract".into(),
+        backend: options.backend.to_string(),
         passed: false,
         max_abs_error: None,
         tolerance,
@@ -84,11 +86,13 @@ fn check_tower(dir: &ModelDir, modality: Modality, options: &TractOptions) -> To
         detail: String::new(),
     };
     match run_selftest(dir, modality, options) {
-        Ok(None) => {
+        Ok((backend, None)) => {
+            check.backend = backend.into();
             check.passed = true;
             check.detail = "checksum ok; no self-test vector in the manifest".into();
         }
-        Ok(Some((err, rows))) => {
+        Ok((backend, Some((err, rows)))) => {
+            check.backend = backend.into();
             check.max_abs_error = Some(err);
             check.rows = rows;
             check.passed = err <= tolerance;
@@ -103,16 +107,17 @@ fn check_tower(dir: &ModelDir, modality: Modality, options: &TractOptions) -> To
     check
 }
 
-/// Runs the self-test; `None` when the manifest has no self-test pair. Returns (max-abs error, rows).
-fn run_selftest(
-    dir: &ModelDir,
-    modality: Modality,
-    options: &TractOptions,
-) -> Result<Option<(f32, usize)>, EncodeError> {
-    let encoder = TractEncoder::from_model_dir(dir, modality, options)?;
+/// The backend that ran a self-test, and (max-abs error, rows) when the manifest has a self-test pair.
+type SelfTest = (&'static str, Option<(f32, usize)>);
+
+/// Runs the self-test: the backend that ran it, and (max-abs error, rows), or `None` when the manifest has no
+/// self-test pair.
+fn run_selftest(dir: &ModelDir, modality: Modality, options: &EngineOptions) -> Result<SelfTest, EncodeError> {
+    let encoder = engine::load(ModelSource::Dir(dir), modality, options)?;
+    let backend = encoder.backend();
     let tower = dir.tower(modality)?;
     let (Some(input), Some(output)) = (&tower.selftest_input, &tower.selftest_output) else {
-        return Ok(None);
+        return Ok((backend, None));
     };
     let read = |rel: &str| {
         npy::read(&dir.path(rel)).map_err(|e| EncodeError::Manifest {
@@ -122,7 +127,7 @@ fn run_selftest(
     };
     let input = read(input)?;
     let expected = read(output)?;
-    let got = embed(&encoder, &input, 16)?;
+    let got = embed(encoder.as_ref(), &input, 16)?;
     if got.shape() != expected.shape() {
         return Err(EncodeError::Run {
             model: encoder_id(dir, modality),
@@ -134,7 +139,7 @@ fn run_selftest(
         });
     }
     let err = max_abs_diff(got.as_f32().unwrap_or_default(), expected.as_f32().unwrap_or_default());
-    Ok(Some((err, got.shape()[0])))
+    Ok((backend, Some((err, got.shape()[0]))))
 }
 
 fn encoder_id(dir: &ModelDir, modality: Modality) -> String {

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::clock;
 use crate::config::{LoadedConfig, SourceConfig};
-use crate::encode::{Encoder, ModelDir, TractEncoder, TractOptions};
+use crate::encode::{Encoder, ModelDir, ModelSource, engine};
 use crate::labels::{PromptCache, PromptSet, embed_prompts};
 use crate::modality::Modality;
 use crate::preprocess::text::Tokenizer;
@@ -157,6 +157,7 @@ impl Metrics {
                 (
                     m.to_string(),
                     serde_json::json!({
+                        "backend": s.backend.get().copied().unwrap_or("none"),
                         "windows_queued_total": r(&s.windows_queued_total),
                         "windows_dropped_total": r(&s.windows_dropped_total),
                         "windows_encoded_total": r(&s.windows_encoded_total),
@@ -302,11 +303,6 @@ pub async fn run(
     }
     // Models.
     let model_dir = ModelDir::open(&loaded.resolve(&cfg.models.dir))?;
-    let tract = TractOptions {
-        threads: cfg.models.threads,
-        verify_checksum: cfg.models.verify_checksums,
-        batch_plans: cfg.models.batch_plans.clone(),
-    };
     let modalities: BTreeSet<Modality> = cfg.sources.iter().map(SourceConfig::modality).collect();
     let need_text = !cfg.prompts.is_empty() || modalities.contains(&Modality::Text);
     let tokenizer = if need_text {
@@ -323,12 +319,12 @@ pub async fn run(
     }
     let mut encoders: BTreeMap<Modality, Arc<dyn Encoder>> = BTreeMap::new();
     for m in to_load {
-        let (dir, opts) = (model_dir.clone(), tract.clone());
-        let enc = tokio::task::spawn_blocking(move || TractEncoder::from_model_dir(&dir, m, &opts))
+        let (dir, opts) = (model_dir.clone(), loaded.engine_options(m));
+        let threads = opts.threads;
+        let enc = tokio::task::spawn_blocking(move || engine::load(ModelSource::Dir(&dir), m, &opts))
             .await
             .context("model loading was interrupted")??;
-        tracing::info!(modality = %m, model = %enc.info().model_id, backend = "tract", "Loaded encoder.");
-        let enc: Arc<dyn Encoder> = Arc::new(enc);
+        tracing::info!(modality = %m, model = %enc.info().model_id, backend = enc.backend(), threads, "Loaded encoder.");
         let enc: Arc<dyn Encoder> = match options.encoder_delay {
             Some(delay) => Arc::new(DelayedEncoder { inner: enc, delay }),
             None => enc,
@@ -407,6 +403,7 @@ pub async fn run(
             .get(&m)
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("no {m} encoder was loaded"))?;
+        stats.backend.get_or_init(|| encoder.backend());
         let cx = WorkerContext {
             encoder,
             prompts: Arc::clone(&prompts),

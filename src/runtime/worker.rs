@@ -37,6 +37,8 @@ pub struct Window {
 /// Counters of one modality's queue and worker.
 #[derive(Debug, Default)]
 pub struct EncoderStats {
+    /// The backend running the tower (`tract`, `onnxruntime`), set once it is loaded.
+    pub backend: std::sync::OnceLock<&'static str>,
     /// Windows queued.
     pub windows_queued_total: AtomicU64,
     /// Windows dropped because the queue was full.
