@@ -132,6 +132,7 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--secs", type=float, default=5.0)
     ap.add_argument("--min-iters", type=int, default=5)
+    ap.add_argument("--ort-spinning", type=int, default=0, help="1: let ONNX Runtime threads spin (its default)")
     ap.add_argument("--peers", default="onnxruntime,pytorch")
     args = ap.parse_args()
 
@@ -158,6 +159,8 @@ def main() -> int:
                 so.inter_op_num_threads = 1
                 so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                # Same as sensebind's [models.onnxruntime] intra_op_spinning (off by default; ORT's default is on).
+                so.add_session_config_entry("session.intra_op.allow_spinning", "1" if args.ort_spinning else "0")
                 sess = ort.InferenceSession(str(model_dir / tower["file"]), so, providers=["CPUExecutionProvider"])
                 name = sess.get_inputs()[0].name
                 for b in batches:
