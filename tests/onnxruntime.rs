@@ -143,21 +143,14 @@ fn a_truncated_model_is_an_error_not_a_crash() {
 #[test]
 fn a_provider_this_build_lacks_falls_back_with_a_warning() {
     let Some(lib) = ort_library() else { return };
-    let out = sensebind(
-        &[
-            "embed",
-            "-m",
-            "imu",
-            "--backend",
-            "onnxruntime",
-            "--ort-providers",
-            "tensorrt,cuda,cpu",
-            "--ort-library",
-            lib.to_str().unwrap(),
-            "--out",
-        ],
-        "imu",
-    );
+    let out = embed_imu(&[
+        "--backend",
+        "onnxruntime",
+        "--ort-providers",
+        "tensorrt,cuda,cpu",
+        "--ort-library",
+        lib.to_str().unwrap(),
+    ]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
@@ -168,14 +161,16 @@ fn a_provider_this_build_lacks_falls_back_with_a_warning() {
     assert!(ExecutionProviderConfig::from_name("cuda").is_ok());
 }
 
-/// Runs `sensebind ARGS OUT.json INPUT` (the imu self-test input) without ORT_DYLIB_PATH; returns the output with
-/// the JSON written appended.
-fn sensebind(args: &[&str], modality: &str) -> Output {
+/// Runs `sensebind embed -m imu ARGS --out OUT.json INPUT` (the IMU self-test input) without ORT_DYLIB_PATH, logging
+/// at info; returns the output with the JSON written appended.
+fn embed_imu(args: &[&str]) -> Output {
     let tmp = tempfile::tempdir().unwrap();
     let out_file = tmp.path().join("out.json");
-    let input = tiny().join(format!("selftest/{modality}.input.npy"));
+    let input = tiny().join("selftest/imu.input.npy");
     let mut out = Command::new(env!("CARGO_BIN_EXE_sensebind"))
+        .args(["embed", "-m", "imu"])
         .args(args)
+        .arg("--out")
         .arg(&out_file)
         .arg(&input)
         .args(["--log", "info"])
@@ -199,19 +194,12 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn a_missing_library_is_a_clear_error_naming_it() {
-    let out = sensebind(
-        &[
-            "embed",
-            "-m",
-            "imu",
-            "--backend",
-            "onnxruntime",
-            "--ort-library",
-            "/nonexistent/libonnxruntime.so.1",
-            "--out",
-        ],
-        "imu",
-    );
+    let out = embed_imu(&[
+        "--backend",
+        "onnxruntime",
+        "--ort-library",
+        "/nonexistent/libonnxruntime.so.1",
+    ]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(!all.contains("panicked"), "{all}");
@@ -224,19 +212,7 @@ fn a_file_that_is_not_onnxruntime_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = tmp.path().join("libonnxruntime.so.1.32.0");
     std::fs::write(&fake, b"not a shared library").unwrap();
-    let out = sensebind(
-        &[
-            "embed",
-            "-m",
-            "imu",
-            "--backend",
-            "onnxruntime",
-            "--ort-library",
-            fake.to_str().unwrap(),
-            "--out",
-        ],
-        "imu",
-    );
+    let out = embed_imu(&["--backend", "onnxruntime", "--ort-library", fake.to_str().unwrap()]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(!all.contains("panicked"), "{all}");
@@ -248,19 +224,7 @@ fn a_file_that_is_not_onnxruntime_is_a_clear_error() {
 
 #[test]
 fn auto_falls_back_to_tract_and_says_why() {
-    let out = sensebind(
-        &[
-            "embed",
-            "-m",
-            "imu",
-            "--backend",
-            "auto",
-            "--ort-library",
-            "/nonexistent/libonnxruntime.so.1",
-            "--out",
-        ],
-        "imu",
-    );
+    let out = embed_imu(&["--backend", "auto", "--ort-library", "/nonexistent/libonnxruntime.so.1"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(all.contains("\"backend\":\"tract\""), "{all}");

@@ -120,6 +120,11 @@ fn load_library(library: &Path) -> Result<OrtEnvironment, String> {
             build_info,
             env,
         }),
+        Ok(Err(e)) if !named_by_path => Err(format!(
+            "cannot load ONNX Runtime: {} is not on the dynamic loader's search path (LD_LIBRARY_PATH, ld.so.conf) \
+             or does not load ({e}); {hint}",
+            library.display()
+        )),
         Ok(Err(e)) => Err(format!(
             "cannot load ONNX Runtime from {}: {e}; {hint}",
             library.display()
