@@ -207,5 +207,64 @@ fn bench_prepare(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_edge, bench_prepare);
+/// Serial IMU decoding: 10 000 CSV lines and 10 000 WitMotion reading pairs (acceleration + angular-rate frames),
+/// fed in 64-byte reads as a UART driver hands them over.
+fn bench_serial(c: &mut Criterion) {
+    use sensebind::preprocess::imu::{AccUnit, GyroUnit};
+    use sensebind::sources::serial::{Decoded, Decoder, LineDecoder, WitMotionDecoder};
+    let csv: Vec<u8> = (0..10_000)
+        .flat_map(|i| {
+            format!(
+                "{:.4},0.1021,9.8066,{:.5},-0.0312,0.0040\n",
+                (i as f32 * 0.01).sin(),
+                i as f32 * 1e-4
+            )
+            .into_bytes()
+        })
+        .collect();
+    let mut wit = Vec::new();
+    for i in 0..10_000i32 {
+        for kind in [0x51u8, 0x52] {
+            let mut f = vec![0x55, kind];
+            for v in [(i % 3000) as i16, 120, 2048] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            f.extend_from_slice(&[0, 0]);
+            f.push(f.iter().fold(0u8, |s, &b| s.wrapping_add(b)));
+            wit.extend(f);
+        }
+    }
+    let mut g = c.benchmark_group("serial");
+    g.sample_size(20);
+    g.bench_function("csv_10k_lines", |b| {
+        b.iter(|| {
+            let mut d = LineDecoder::new(
+                [0, 1, 2],
+                Some([3, 4, 5]),
+                AccUnit::MetresPerSecond2,
+                GyroUnit::RadPerSecond,
+            );
+            let mut out = Decoded::default();
+            for chunk in csv.chunks(64) {
+                d.feed(chunk, &mut out);
+            }
+            assert_eq!(out.readings.len(), 10_000);
+            black_box(out)
+        })
+    });
+    g.bench_function("witmotion_10k_readings", |b| {
+        b.iter(|| {
+            let mut d = WitMotionDecoder::new();
+            let mut out = Decoded::default();
+            for chunk in wit.chunks(64) {
+                d.feed(chunk, &mut out);
+            }
+            assert_eq!(out.readings.len(), 10_000);
+            black_box(out)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_edge, bench_prepare, bench_serial);
 criterion_main!(benches);

@@ -127,3 +127,39 @@ execution_providers = [{{ type = "cuda" }}, {{ type = "cuda", device_id = 1 }}]
     assert_eq!((vision.backend, vision.threads), (Backend::Tract, 1));
     assert_eq!(audio.cache_dir, Some(dir.path().join("state/tensorrt")));
 }
+
+#[test]
+fn serial_sources_are_validated_with_their_key_paths() {
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/imagebind-tiny");
+    let text = format!(
+        r#"
+[device]
+id = "dev"
+[models]
+dir = "{}"
+[[sources]]
+type = "serial"
+name = "imu0"
+modality = "vision"
+path = "/dev/ttyUSB0"
+baud_rate = 10
+rate_hz = 0.0
+protocol = "witmotion"
+[[sources]]
+type = "serial"
+name = "imu1"
+modality = "imu"
+path = "/dev/ttyUSB1"
+protocol = "nmea"
+"#,
+        models.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = sensebind::config::parse(&text, &dir.path().join("c.toml"), dir.path()).unwrap_err();
+    let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
+    for expected in ["sources[0].modality", "sources[0].baud_rate", "sources[0].rate_hz"] {
+        assert!(paths.contains(&expected), "no issue at {expected}: {err}");
+    }
+    let all = err.to_string();
+    assert!(all.contains("nmea") && all.contains("witmotion"), "{all}");
+}

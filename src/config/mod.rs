@@ -251,6 +251,80 @@ pub enum SourceConfig {
     Replay(ReplaySourceConfig),
     /// Generates test signals.
     Synthetic(SyntheticSourceConfig),
+    /// An IMU on a serial port.
+    Serial(SerialSourceConfig),
+}
+
+/// How a serial IMU frames its readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialProtocol {
+    /// Text lines of numbers (`,` `;` tab or space separated); fields picked by index.
+    Csv,
+    /// WitMotion WT901-style 11-byte `0x55` frames (acceleration `0x51`, angular rate `0x52`).
+    Witmotion,
+}
+
+/// `type = "serial"`: an IMU on a serial port (docs in `sources::serial`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSourceConfig {
+    /// Sensor name: lower-case letters, digits, `_` and `-`; unique.
+    pub name: String,
+    /// What it senses: `imu`.
+    pub modality: Modality,
+    /// The port, e.g. `/dev/ttyUSB0` or a stable `/dev/serial/by-id/...` link.
+    pub path: PathBuf,
+    /// Baud rate (8 data bits, no parity, 1 stop bit).
+    #[serde(default = "default_baud")]
+    pub baud_rate: u32,
+    /// The device's framing.
+    #[serde(default = "default_protocol")]
+    pub protocol: SerialProtocol,
+    /// csv: 0-based fields of acceleration x, y, z.
+    #[serde(default = "default_acc_fields")]
+    pub acc_columns: [usize; 3],
+    /// csv: 0-based fields of angular rate x, y, z (none: the device has no gyroscope; those channels are zero).
+    #[serde(default = "default_gyro_fields")]
+    pub gyro_columns: Option<[usize; 3]>,
+    /// csv: unit of the acceleration fields.
+    #[serde(default = "default_acc_unit")]
+    pub acc_unit: crate::preprocess::imu::AccUnit,
+    /// csv: unit of the angular-rate fields.
+    #[serde(default = "default_gyro_unit")]
+    pub gyro_unit: crate::preprocess::imu::GyroUnit,
+    /// The device's nominal output rate: spaces the readings of a burst until the rate has been measured, and
+    /// sizes the ring.
+    #[serde(default = "default_serial_rate")]
+    pub rate_hz: f64,
+    /// Window length in seconds (default 5).
+    #[serde(default)]
+    pub window_secs: Option<f64>,
+    /// Seconds between windows (default: half the window).
+    #[serde(default)]
+    pub hop_secs: Option<f64>,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_protocol() -> SerialProtocol {
+    SerialProtocol::Csv
+}
+fn default_acc_fields() -> [usize; 3] {
+    [0, 1, 2]
+}
+fn default_gyro_fields() -> Option<[usize; 3]> {
+    Some([3, 4, 5])
+}
+fn default_acc_unit() -> crate::preprocess::imu::AccUnit {
+    crate::preprocess::imu::AccUnit::MetresPerSecond2
+}
+fn default_gyro_unit() -> crate::preprocess::imu::GyroUnit {
+    crate::preprocess::imu::GyroUnit::RadPerSecond
+}
+fn default_serial_rate() -> f64 {
+    100.0
 }
 
 /// Window settings shared by every source.
@@ -356,6 +430,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Replay(c) => &c.name,
             SourceConfig::Synthetic(c) => &c.name,
+            SourceConfig::Serial(c) => &c.name,
         }
     }
 
@@ -364,6 +439,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Replay(c) => c.modality,
             SourceConfig::Synthetic(c) => c.modality,
+            SourceConfig::Serial(c) => c.modality,
         }
     }
 
@@ -372,6 +448,7 @@ impl SourceConfig {
         let (w, h) = match self {
             SourceConfig::Replay(c) => (c.window_secs, c.hop_secs),
             SourceConfig::Synthetic(c) => (c.window_secs, c.hop_secs),
+            SourceConfig::Serial(c) => (c.window_secs, c.hop_secs),
         };
         let default_window = match self.modality() {
             Modality::Vision | Modality::Audio => 2.0,
@@ -988,6 +1065,26 @@ fn validate(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Vec<ConfigIssue
                         p("texts"),
                         "a synthetic text source needs texts to cycle through".into(),
                     );
+                }
+            }
+            SourceConfig::Serial(sc) => {
+                if sc.modality != Modality::Imu {
+                    push(
+                        p("modality"),
+                        format!("serial sources are IMUs: use modality = \"imu\", got {}", sc.modality),
+                    );
+                }
+                if !(50..=4_000_000).contains(&sc.baud_rate) {
+                    push(
+                        p("baud_rate"),
+                        format!("must be between 50 and 4000000, got {}", sc.baud_rate),
+                    );
+                }
+                if !(sc.rate_hz.is_finite() && sc.rate_hz > 0.0 && sc.rate_hz <= 10_000.0) {
+                    push(p("rate_hz"), format!("must be between 0 and 10000, got {}", sc.rate_hz));
+                }
+                if sc.path.as_os_str().is_empty() {
+                    push(p("path"), "needs the port's path, e.g. /dev/ttyUSB0".into());
                 }
             }
         }

@@ -37,6 +37,7 @@ use crate::publish::mqtt::{self, MqttSettings, MqttStats};
 use crate::publish::{OutMessage, Outbox, Topics, parse_broker_url};
 use crate::ring::{RingStats, ring};
 use crate::sources::replay::ReplaySource;
+use crate::sources::serial::SerialImuSource;
 use crate::sources::synthetic::SyntheticSource;
 use crate::sources::{Source, SourceOutput, SourceStats, StopFlag};
 use crate::window::{PrepareContext, prepare, windower};
@@ -140,8 +141,11 @@ impl Metrics {
                 (
                     name.clone(),
                     serde_json::json!({
+                        "online": !c.source.offline.load(Ordering::Relaxed),
                         "samples_total": r(&c.source.samples_total),
                         "read_errors_total": r(&c.source.errors_total),
+                        "garbage_bytes_total": r(&c.source.garbage_bytes_total),
+                        "lost_total": r(&c.source.lost_total),
                         "ring_dropped_total": r(&c.ring.dropped),
                         "windows_total": r(&c.windows_total),
                         "window_errors_total": r(&c.window_errors_total),
@@ -264,6 +268,7 @@ fn ring_capacity(s: &SourceConfig, ring_secs: f64, ring_max_bytes: u64) -> usize
     let rate = match s {
         SourceConfig::Replay(r) => r.rate_hz,
         SourceConfig::Synthetic(c) => c.rate_hz,
+        SourceConfig::Serial(c) => Some(c.rate_hz),
     };
     let per_sec = match s.modality() {
         // Audio arrives in blocks of at least 5 ms.
@@ -447,6 +452,7 @@ pub async fn run(
                 )?)
             }
             SourceConfig::Synthetic(s) => Box::new(SyntheticSource::new(s.clone())),
+            SourceConfig::Serial(s) => Box::new(SerialImuSource::new(s.clone())),
         };
         let (producer, consumer) = ring(ring_capacity(sc, cfg.runtime.ring_secs, cfg.runtime.ring_max_bytes));
         let counters = Arc::new(SourceCounters {

@@ -4,10 +4,11 @@
 //! as it can, and pushes it into the source's ring ([`crate::ring`]): the push never blocks, and when the window
 //! stage falls behind the oldest samples are dropped and counted. Sources stop when the shutdown flag is raised.
 //!
-//! Implementations: [`replay`] (recorded files at their real pace) and [`synthetic`] (test signals). Hardware
-//! drivers implement the same [`Source`] trait.
+//! Implementations: [`replay`] (recorded files at their real pace), [`synthetic`] (test signals) and
+//! [`serial`] (IMUs on a serial port). Other hardware drivers implement the same [`Source`] trait.
 
 pub mod replay;
+pub mod serial;
 pub mod synthetic;
 
 use std::sync::Arc;
@@ -128,6 +129,12 @@ pub struct SourceStats {
     pub samples_total: AtomicU64,
     /// Files or items that could not be read (the source skipped them).
     pub errors_total: AtomicU64,
+    /// Bytes a device sent that did not decode (skipped; the decoder resynchronised).
+    pub garbage_bytes_total: AtomicU64,
+    /// Times the device was lost (read error, end of stream) after being open.
+    pub lost_total: AtomicU64,
+    /// The device is not open right now (hardware sources; recordings are never offline).
+    pub offline: AtomicBool,
 }
 
 /// Where a source puts its samples: the ring's producer plus a wake-up for the window thread.
@@ -156,6 +163,23 @@ impl SourceOutput {
     /// Records a skipped item.
     pub fn error(&self) {
         self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records bytes a device sent that did not decode.
+    pub fn garbage(&self, bytes: u64) {
+        if bytes > 0 {
+            self.stats.garbage_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that the device was lost.
+    pub fn lost(&self) {
+        self.stats.lost_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks the device open or not.
+    pub fn set_online(&self, online: bool) {
+        self.stats.offline.store(!online, Ordering::Relaxed);
     }
 }
 
