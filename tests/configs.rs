@@ -61,25 +61,27 @@ fn example_documents_every_top_level_key() {
     }
 }
 
+/// A configuration with a device and the bundled models, then `rest` (which continues the `[models]` table).
+fn with_models(rest: &str) -> String {
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/imagebind-tiny");
+    format!(
+        "[device]\nid = \"dev\"\n[models]\ndir = \"{}\"\n{rest}",
+        models.display()
+    )
+}
+
 #[test]
 fn backend_settings_are_validated_with_their_key_paths() {
-    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/imagebind-tiny");
-    let text = format!(
-        r#"
-[device]
-id = "dev"
-[models]
-dir = "{}"
-backend = "onnxruntime"
+    let text = with_models(
+        r#"backend = "onnxruntime"
 [models.towers.audio]
 threads = 0
 [models.towers.vision]
 backend = "tract"
 [models.onnxruntime]
 library = "lib/missing/libonnxruntime.so.1.32.0"
-execution_providers = [{{ type = "cuda" }}, {{ type = "cuda", device_id = 1 }}]
+execution_providers = [{ type = "cuda" }, { type = "cuda", device_id = 1 }]
 "#,
-        models.display()
     );
     let dir = tempfile::tempdir().unwrap();
     let err = sensebind::config::parse(&text, &dir.path().join("c.toml"), dir.path()).unwrap_err();
@@ -130,14 +132,8 @@ execution_providers = [{{ type = "cuda" }}, {{ type = "cuda", device_id = 1 }}]
 
 #[test]
 fn serial_sources_are_validated_with_their_key_paths() {
-    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/imagebind-tiny");
-    let text = format!(
-        r#"
-[device]
-id = "dev"
-[models]
-dir = "{}"
-[[sources]]
+    let text = with_models(
+        r#"[[sources]]
 type = "serial"
 name = "imu0"
 modality = "vision"
@@ -152,7 +148,6 @@ modality = "imu"
 path = "/dev/ttyUSB1"
 protocol = "nmea"
 "#,
-        models.display()
     );
     let dir = tempfile::tempdir().unwrap();
     let err = sensebind::config::parse(&text, &dir.path().join("c.toml"), dir.path()).unwrap_err();
