@@ -200,10 +200,11 @@ impl BackendArgs {
         if self.backends.is_empty() {
             return available;
         }
-        let mut chosen: Vec<Backend> = self.backends.clone();
-        chosen.dedup();
-        chosen
-            .into_iter()
+        let mut seen = std::collections::BTreeSet::new();
+        self.backends
+            .iter()
+            .copied()
+            .filter(|b| seen.insert(*b))
             .map(|b| {
                 let status = available
                     .iter()
@@ -499,14 +500,14 @@ fn check(args: &CheckArgs) -> anyhow::Result<u8> {
 fn models_verify(dir: Option<&Path>, threads: usize, json: bool, backends: &BackendArgs) -> anyhow::Result<u8> {
     let dir = dir.map(Path::to_path_buf).unwrap_or_else(default_model_dir);
     let mut report: Option<crate::encode::verify::VerifyReport> = None;
-    let mut skipped = Vec::new();
+    let mut skipped: Vec<(Backend, String)> = Vec::new();
     let mut unavailable_asked = false;
     for (backend, status) in backends.to_compare() {
         if let Err(why) = status {
             if !backends.backends.is_empty() && backend != Backend::Auto {
                 unavailable_asked = true;
             }
-            skipped.push(serde_json::json!({ "backend": backend, "reason": why }));
+            skipped.push((backend, why));
             continue;
         }
         let options = backends.options(backend, threads);
@@ -519,19 +520,16 @@ fn models_verify(dir: Option<&Path>, threads: usize, json: bool, backends: &Back
     let Some(report) = report else {
         let reasons: Vec<String> = skipped
             .iter()
-            .map(|s| {
-                format!(
-                    "the {} backend is unavailable: {}",
-                    s["backend"].as_str().unwrap_or_default(),
-                    s["reason"].as_str().unwrap_or_default()
-                )
-            })
+            .map(|(backend, why)| format!("the {backend} backend is unavailable: {why}"))
             .collect();
         bail!("{}", reasons.join("; "));
     };
     if json {
         let mut doc = serde_json::to_value(&report)?;
-        doc["skipped"] = serde_json::Value::from(skipped);
+        doc["skipped"] = skipped
+            .iter()
+            .map(|(backend, why)| serde_json::json!({ "backend": backend, "reason": why }))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("model {} ({})", report.model, dir.display());
@@ -553,12 +551,8 @@ fn models_verify(dir: Option<&Path>, threads: usize, json: bool, backends: &Back
                 if t.passed { String::new() } else { t.detail.clone() }
             );
         }
-        for s in &skipped {
-            println!(
-                "SKIP {} backend: {}",
-                s["backend"].as_str().unwrap_or_default(),
-                s["reason"].as_str().unwrap_or_default()
-            );
+        for (backend, why) in &skipped {
+            println!("SKIP {backend} backend: {why}");
         }
     }
     Ok(if report.passed() && !unavailable_asked {

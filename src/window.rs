@@ -567,57 +567,34 @@ mod tests {
         assert!(w.frames.len() <= 4, "kept {} frames", w.frames.len());
     }
 
-    #[test]
-    fn frame_windows_emit_once_per_hop_without_waiting() {
+    /// Start times (in 100 ms ticks) of the windows a 1 s / 1 s hop-frame windower cuts from frames at `ticks`.
+    fn hop_window_starts(ticks: impl Iterator<Item = u64>) -> Vec<u64> {
         let spec = WindowSpec {
             window_secs: 1.0,
             hop_secs: 1.0,
         };
         let mut w = HopFrameWindower::new(spec);
         let mut out = Vec::new();
-        for i in 0..35u64 {
+        for i in ticks {
             let image = FrameImage::Depth(Arc::new(crate::preprocess::depth::DepthMap {
                 width: 1,
                 height: 1,
                 metres: vec![i as f32],
             }));
-            w.push(
-                Sample::Frame {
-                    t: Timestamp(i * 100_000_000),
-                    image,
-                },
-                &mut out,
-            );
+            let t = Timestamp(i * 100_000_000);
+            w.push(Sample::Frame { t, image }, &mut out);
         }
-        let times: Vec<u64> = out.iter().map(|rw| rw.t0.0 / 100_000_000).collect();
-        assert_eq!(times, vec![0, 10, 20, 30]);
+        out.iter().map(|rw| rw.t0.0 / 100_000_000).collect()
+    }
+
+    #[test]
+    fn frame_windows_emit_once_per_hop_without_waiting() {
+        assert_eq!(hop_window_starts(0..35), vec![0, 10, 20, 30]);
     }
 
     #[test]
     fn frame_windows_skip_empty_hops_after_a_gap() {
-        let spec = WindowSpec {
-            window_secs: 1.0,
-            hop_secs: 1.0,
-        };
-        let mut w = HopFrameWindower::new(spec);
-        let mut out = Vec::new();
         // Frames every 100 ms, a silence from 1.2 s to 3.5 s, then frames again.
-        for i in (0..12u64).chain(35..52) {
-            let image = FrameImage::Gray(Arc::new(crate::preprocess::image::GrayImage {
-                width: 1,
-                height: 1,
-                bit_depth: 16,
-                samples: vec![i as u16],
-            }));
-            w.push(
-                Sample::Frame {
-                    t: Timestamp(i * 100_000_000),
-                    image,
-                },
-                &mut out,
-            );
-        }
-        let times: Vec<u64> = out.iter().map(|rw| rw.t0.0 / 100_000_000).collect();
-        assert_eq!(times, vec![0, 10, 35, 40, 50]);
+        assert_eq!(hop_window_starts((0..12).chain(35..52)), vec![0, 10, 35, 40, 50]);
     }
 }
