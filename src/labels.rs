@@ -53,6 +53,11 @@ pub struct PromptSet {
 }
 
 impl PromptSet {
+    /// A set of already embedded prompts.
+    pub fn new(prompts: Vec<Prompt>) -> Self {
+        Self { prompts }
+    }
+
     /// The prompts.
     pub fn prompts(&self) -> &[Prompt] {
         &self.prompts
@@ -244,12 +249,9 @@ mod tests {
 
     fn prompt(id: &str, emb: Vec<f32>, modalities: Vec<Modality>) -> Prompt {
         let config = PromptConfig {
-            id: id.into(),
-            text: Some(id.into()),
-            texts: vec![],
             modalities,
-            sources: vec![],
             threshold: 0.6,
+            ..PromptConfig::new(id, id)
         };
         Prompt {
             id: id.into(),

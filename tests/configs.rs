@@ -45,13 +45,23 @@ fn example_documents_every_top_level_key() {
         "[preprocess.depth]",
         "[preprocess.thermal]",
         "[preprocess.imu]",
+        "[events]",
         "[[sources]]",
         "[[prompts]]",
     ] {
         assert!(text.contains(key), "example.toml lacks {key}");
     }
     let schema: serde_json::Value = serde_json::from_str(&sensebind::config::json_schema()).unwrap();
-    for def in ["RuntimeConfig", "ModelsConfig", "MqttConfig", "OnnxRuntimeConfig"] {
+    for def in [
+        "RuntimeConfig",
+        "ModelsConfig",
+        "MqttConfig",
+        "OnnxRuntimeConfig",
+        "EventsConfig",
+        "EmbeddingsConfig",
+        "HomeAssistantConfig",
+        "TlsConfig",
+    ] {
         for key in schema["$defs"][def]["properties"].as_object().unwrap().keys() {
             assert!(
                 text.contains(&format!("{key} =")) || text.contains(&format!(".{key}]")),

@@ -348,8 +348,12 @@ text = "a person walking"
     assert_eq!(r(&enc.messages_total), encoded);
     // The ring was drained promptly by the window stage: samples in = samples out + dropped.
     assert_eq!(r(&src.ring.popped) + r(&src.ring.dropped), r(&src.source.samples_total));
+    assert_eq!(r(&m.control.scored_dropped_total), 0);
     let outbox = m.outbox.as_ref().unwrap();
-    assert_eq!(r(&outbox.sent) + r(&outbox.dropped), r(&outbox.enqueued));
+    assert!(outbox.is_empty());
+    for c in &outbox.classes {
+        assert_eq!(r(&c.sent) + r(&c.dropped) + r(&c.superseded), r(&c.enqueued));
+    }
 }
 
 #[test]

@@ -37,6 +37,9 @@ pub struct Config {
     /// Parameters of the depth, thermal and IMU preprocessing (docs/preprocessing.md).
     #[serde(default)]
     pub preprocess: PreprocessConfig,
+    /// How label scores become events (defaults for every prompt; each prompt may override them).
+    #[serde(default)]
+    pub events: EventsConfig,
     /// The sensors.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
@@ -204,16 +207,19 @@ impl Default for ModelsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// Publish at all (false: labels are only logged).
+    /// Publish at all (false: messages are only logged).
     pub enabled: bool,
-    /// Broker address: `mqtt://host:port`.
+    /// Broker address: `mqtt://host:port`, or `mqtts://host:port` for TLS (the system's root certificates unless
+    /// `tls.ca_file` is set).
     pub url: String,
     /// MQTT client id (default `{prefix}-{device.id}`).
     pub client_id: Option<String>,
     /// First topic level.
     pub prefix: String,
-    /// QoS of label messages (0, 1 or 2). Availability is always QoS 1, retained.
+    /// QoS of per-window label messages (0, 1 or 2). State and events are always QoS 1.
     pub qos: u8,
+    /// Publish one `labels/{sensor}` message per window (the events and label states are published regardless).
+    pub labels: bool,
     /// Keep-alive interval in seconds (at least 1).
     pub keep_alive_secs: u64,
     /// User name.
@@ -222,8 +228,19 @@ pub struct MqttConfig {
     pub password_env: Option<String>,
     /// File holding the password (first line). Relative to the configuration file.
     pub password_file: Option<PathBuf>,
-    /// Messages queued for the broker; when full the oldest is dropped and counted.
+    /// TLS settings for `mqtts://` brokers.
+    pub tls: TlsConfig,
+    /// Per-window label messages and stats queued for the broker (while it is unreachable, too); when full the
+    /// oldest is dropped and counted.
     pub queue_messages: usize,
+    /// Event messages queued while the broker is unreachable; when full the oldest is dropped and counted.
+    pub queue_events: usize,
+    /// Embedding messages queued; when full the oldest is dropped and counted.
+    pub queue_embeddings: usize,
+    /// Which window embeddings are published on `embeddings/{sensor}`.
+    pub embeddings: EmbeddingsConfig,
+    /// Home Assistant MQTT discovery.
+    pub homeassistant: HomeAssistantConfig,
 }
 
 impl Default for MqttConfig {
@@ -234,11 +251,150 @@ impl Default for MqttConfig {
             client_id: None,
             prefix: "sensebind".into(),
             qos: 1,
+            labels: true,
             keep_alive_secs: 30,
             username: None,
             password_env: None,
             password_file: None,
+            tls: TlsConfig::default(),
             queue_messages: 1000,
+            queue_events: 10_000,
+            queue_embeddings: 200,
+            embeddings: EmbeddingsConfig::default(),
+            homeassistant: HomeAssistantConfig::default(),
+        }
+    }
+}
+
+/// `[mqtt.tls]`: used with `mqtts://` brokers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate authorities to trust instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for brokers that require one; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert` (PKCS#8, PKCS#1 or SEC1). A secret: never logged.
+    pub client_key: Option<PathBuf>,
+}
+
+/// How many window embeddings a sensor publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingMode {
+    /// None.
+    #[default]
+    Off,
+    /// Windows that belong to an active event of the sensor.
+    OnEvent,
+    /// Every `every_n`-th window.
+    EveryN,
+    /// Every window.
+    All,
+}
+
+/// `[mqtt.embeddings]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingsConfig {
+    /// Default for every sensor.
+    pub mode: EmbeddingMode,
+    /// With `every_n`: publish one window in this many.
+    pub every_n: u64,
+    /// Element type on the wire: `f16` (half the bytes; keeps the prompt ranking, docs/mqtt.md) or `f32`.
+    pub dtype: crate::publish::embedding::Dtype,
+    /// `cbor` (binary, self-describing) or `json_base64`.
+    pub encoding: crate::publish::embedding::Encoding,
+    /// Per-sensor overrides of `mode` and `every_n`, by sensor name.
+    pub sensors: std::collections::BTreeMap<String, SensorEmbeddings>,
+}
+
+impl Default for EmbeddingsConfig {
+    fn default() -> Self {
+        Self {
+            mode: EmbeddingMode::Off,
+            every_n: 10,
+            dtype: crate::publish::embedding::Dtype::F16,
+            encoding: crate::publish::embedding::Encoding::Cbor,
+            sensors: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// `[mqtt.embeddings.sensors.<name>]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensorEmbeddings {
+    /// This sensor's mode.
+    pub mode: EmbeddingMode,
+    /// With `every_n`: publish one window in this many (default: `mqtt.embeddings.every_n`).
+    #[serde(default)]
+    pub every_n: Option<u64>,
+}
+
+impl EmbeddingsConfig {
+    /// The mode and `every_n` of a sensor.
+    pub fn for_sensor(&self, sensor: &str) -> (EmbeddingMode, u64) {
+        match self.sensors.get(sensor) {
+            Some(s) => (s.mode, s.every_n.unwrap_or(self.every_n)),
+            None => (self.mode, self.every_n),
+        }
+    }
+}
+
+/// `[mqtt.homeassistant]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Publish device discovery (`{discovery_prefix}/device/{device.id}/config`).
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix; its birth topic is `{discovery_prefix}/status`.
+    pub discovery_prefix: String,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
+}
+
+/// `[events]`: how a label's window scores become events (per prompt and sensor). Every key can be overridden in
+/// a `[[prompts]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `median` or `mean` of the last `aggregate_windows` scores.
+    pub aggregate: crate::events::Aggregate,
+    /// Windows aggregated (1 = the raw score).
+    pub aggregate_windows: usize,
+    /// Onset: at least `onset_k` of the last `onset_n` aggregated scores reach the prompt's `threshold`.
+    pub onset_k: usize,
+    /// See `onset_k`.
+    pub onset_n: usize,
+    /// An event ends when no window's aggregated score has reached `off_threshold` for this long.
+    pub hold_secs: f64,
+    /// After an event ends, no new event of the same label and sensor for this long.
+    pub cooldown_secs: f64,
+    /// Longest event: it is ended (`max_duration`) and may start again.
+    pub max_event_secs: f64,
+    /// `update` messages at most this often, and only when the peak score rose.
+    pub update_interval_secs: f64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            aggregate: crate::events::Aggregate::Median,
+            aggregate_windows: 3,
+            onset_k: 2,
+            onset_n: 3,
+            hold_secs: 10.0,
+            cooldown_secs: 0.0,
+            max_event_secs: 300.0,
+            update_interval_secs: 5.0,
         }
     }
 }
@@ -485,9 +641,38 @@ pub struct PromptConfig {
     /// Sources it applies to (default: all).
     #[serde(default)]
     pub sources: Vec<String>,
-    /// Score (softmax probability among the applicable prompts) at or above which the label is active.
+    /// Score (softmax probability among the applicable prompts) at or above which the label is active; the onset
+    /// threshold of its events.
     #[serde(default = "default_threshold")]
     pub threshold: f32,
+    /// An active event stays on while the aggregated score is at least this (default: 0.8 × `threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_threshold: Option<f32>,
+    /// Overrides `events.aggregate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<crate::events::Aggregate>,
+    /// Overrides `events.aggregate_windows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_windows: Option<usize>,
+    /// Overrides `events.onset_k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset_k: Option<usize>,
+    /// Overrides `events.onset_n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset_n: Option<usize>,
+    /// Overrides `events.hold_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_secs: Option<f64>,
+    /// Overrides `events.cooldown_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_secs: Option<f64>,
+    /// Overrides `events.max_event_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_secs: Option<f64>,
+    /// Home Assistant `device_class` of the label's binary sensor (default by modality: `sound` for audio,
+    /// `motion` for IMU, `occupancy` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<String>,
 }
 
 fn default_threshold() -> f32 {
@@ -495,6 +680,27 @@ fn default_threshold() -> f32 {
 }
 
 impl PromptConfig {
+    /// A prompt with one phrasing and every other key at its default.
+    pub fn new(id: &str, text: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            text: Some(text.to_owned()),
+            texts: Vec::new(),
+            modalities: Vec::new(),
+            sources: Vec::new(),
+            threshold: default_threshold(),
+            off_threshold: None,
+            aggregate: None,
+            aggregate_windows: None,
+            onset_k: None,
+            onset_n: None,
+            hold_secs: None,
+            cooldown_secs: None,
+            max_event_secs: None,
+            device_class: None,
+        }
+    }
+
     /// All phrasings of the prompt.
     pub fn all_texts(&self) -> Vec<String> {
         self.text.iter().cloned().chain(self.texts.iter().cloned()).collect()
@@ -505,6 +711,103 @@ impl PromptConfig {
         (self.modalities.is_empty() || self.modalities.contains(&modality))
             && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
     }
+
+    /// The off threshold (default 0.8 × `threshold`).
+    pub fn off(&self) -> f32 {
+        self.off_threshold.unwrap_or(self.threshold * 0.8)
+    }
+
+    /// The event parameters of this prompt: its own keys over the `[events]` defaults.
+    pub fn event_params(&self, d: &EventsConfig) -> crate::events::EventParams {
+        let secs = |v: f64| std::time::Duration::from_secs_f64(if v.is_finite() { v.clamp(0.0, 1e9) } else { 0.0 });
+        crate::events::EventParams {
+            on: self.threshold,
+            off: self.off(),
+            aggregate: self.aggregate.unwrap_or(d.aggregate),
+            aggregate_windows: self.aggregate_windows.unwrap_or(d.aggregate_windows),
+            onset_k: self.onset_k.unwrap_or(d.onset_k),
+            onset_n: self.onset_n.unwrap_or(d.onset_n),
+            hold: secs(self.hold_secs.unwrap_or(d.hold_secs)),
+            cooldown: secs(self.cooldown_secs.unwrap_or(d.cooldown_secs)),
+            max_event: secs(self.max_event_secs.unwrap_or(d.max_event_secs)),
+            update_interval: secs(d.update_interval_secs),
+        }
+    }
+}
+
+/// Checks one prompt's values against the sources; returns `(key, message)` pairs, keys relative to the prompt
+/// (`id`, `text`, `sources[1]`, …). Used for the configuration file and for `prompts/set` updates alike.
+/// `source_names` lists every configured sensor name; `sources` the sensors whose modality is known.
+pub fn check_prompt(
+    pr: &PromptConfig,
+    events: &EventsConfig,
+    sources: &[(String, Modality)],
+    source_names: &[String],
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut push = |k: &str, m: String| out.push((k.to_owned(), m));
+    if !is_slug(&pr.id) {
+        push(
+            "id",
+            format!("{:?} is not a valid id: use [a-z0-9_-], at most 64 characters", pr.id),
+        );
+    }
+    let texts = pr.all_texts();
+    if texts.is_empty() {
+        push("text", "needs text or texts".into());
+    }
+    if texts.len() > 16 {
+        push("texts", format!("{} phrasings; at most 16", texts.len()));
+    }
+    for (j, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            push("text", format!("text {j} is empty"));
+        }
+        if t.len() > 2000 {
+            push(
+                "text",
+                format!("text {j} is {} bytes long; keep prompts under 2000", t.len()),
+            );
+        }
+    }
+    if !(0.0..=1.0).contains(&pr.threshold) {
+        push("threshold", format!("must be between 0 and 1, got {}", pr.threshold));
+    }
+    if let Some(off) = pr.off_threshold
+        && !(0.0..=1.0).contains(&off)
+    {
+        push("off_threshold", format!("must be between 0 and 1, got {off}"));
+    }
+    if (0.0..=1.0).contains(&pr.threshold)
+        && pr.off_threshold.is_none_or(|o| (0.0..=1.0).contains(&o))
+        && let Err(e) = pr.event_params(events).validate()
+    {
+        push("threshold", e);
+    }
+    for (key, v) in [
+        ("hold_secs", pr.hold_secs),
+        ("cooldown_secs", pr.cooldown_secs),
+        ("max_event_secs", pr.max_event_secs),
+    ] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0 && *v <= 86_400.0)) {
+            push(key, format!("must be between 0 and 86400 seconds, got {v}"));
+        }
+    }
+    if let Some(dc) = &pr.device_class
+        && !is_slug(dc)
+    {
+        push("device_class", format!("{dc:?} is not a Home Assistant device class"));
+    }
+    for (j, s) in pr.sources.iter().enumerate() {
+        if !source_names.iter().any(|n| n == s) {
+            push(&format!("sources[{j}]"), format!("no source is named {s:?}"));
+        }
+    }
+    let reachable = sources.iter().any(|(name, m)| pr.applies_to(*m, name));
+    if !sources.is_empty() && !reachable && sources.len() == source_names.len() {
+        push("modalities", "applies to no configured source".into());
+    }
+    out
 }
 
 /// One configuration problem.
@@ -651,12 +954,13 @@ pub fn parse(text: &str, file: &Path, base: &Path) -> Result<LoadedConfig, Confi
     }
 }
 
-const TOP_KEYS: [&str; 7] = [
+const TOP_KEYS: [&str; 8] = [
     "device",
     "runtime",
     "models",
     "mqtt",
     "preprocess",
+    "events",
     "sources",
     "prompts",
 ];
@@ -669,6 +973,7 @@ struct Parsed {
     models: bool,
     mqtt: bool,
     preprocess: bool,
+    events: bool,
     /// Original index of each deserialised source, in order.
     source_index: Vec<usize>,
     /// Original index of each deserialised prompt, in order.
@@ -686,6 +991,7 @@ impl Parsed {
             && self.models
             && self.mqtt
             && self.preprocess
+            && self.events
             && self.source_index.len() == self.sources_total
             && self.prompt_index.len() == self.prompts_total
     }
@@ -751,6 +1057,8 @@ fn deserialize_sections(table: &toml::Table, issues: &mut Vec<ConfigIssue>) -> (
     parsed.mqtt = mqtt.is_some();
     let preprocess = section::<PreprocessConfig>(table.get("preprocess"), "preprocess", issues);
     parsed.preprocess = preprocess.is_some();
+    let events = section::<EventsConfig>(table.get("events"), "events", issues);
+    parsed.events = events.is_some();
     let list = |key: &str, issues: &mut Vec<ConfigIssue>| -> Vec<toml::Value> {
         match table.get(key) {
             None => Vec::new(),
@@ -795,6 +1103,7 @@ fn deserialize_sections(table: &toml::Table, issues: &mut Vec<ConfigIssue>) -> (
         models: models.unwrap_or_default(),
         mqtt: mqtt.unwrap_or_default(),
         preprocess: preprocess.unwrap_or_default(),
+        events: events.unwrap_or_default(),
         sources,
         prompts,
     };
@@ -951,8 +1260,62 @@ fn validate(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Vec<ConfigIssue
                 format!("must be between 1 and 65535, got {}", q.keep_alive_secs),
             );
         }
-        if q.queue_messages == 0 {
-            push("mqtt.queue_messages".into(), "must be at least 1".into());
+        for (key, v) in [
+            ("queue_messages", q.queue_messages),
+            ("queue_events", q.queue_events),
+            ("queue_embeddings", q.queue_embeddings),
+        ] {
+            if v == 0 || v > 1_000_000 {
+                push(format!("mqtt.{key}"), format!("must be between 1 and 1000000, got {v}"));
+            }
+        }
+        if q.embeddings.every_n == 0 {
+            push("mqtt.embeddings.every_n".into(), "must be at least 1".into());
+        }
+        for (name, e) in &q.embeddings.sensors {
+            if !c.sources.iter().any(|s| s.name() == name) && !parsed.other_source_names.contains(name) {
+                push(
+                    format!("mqtt.embeddings.sensors.{name}"),
+                    format!("no source is named {name:?}"),
+                );
+            }
+            if e.every_n == Some(0) {
+                push(
+                    format!("mqtt.embeddings.sensors.{name}.every_n"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        if !is_slug(&q.homeassistant.discovery_prefix) {
+            push(
+                "mqtt.homeassistant.discovery_prefix".into(),
+                format!(
+                    "{:?} is not a valid topic level: use [a-z0-9_-]",
+                    q.homeassistant.discovery_prefix
+                ),
+            );
+        }
+        let tls_url = crate::publish::parse_broker_url(&q.url).is_ok_and(|u| u.tls);
+        for (key, file) in [
+            ("ca_file", &q.tls.ca_file),
+            ("client_cert", &q.tls.client_cert),
+            ("client_key", &q.tls.client_key),
+        ] {
+            let Some(f) = file else { continue };
+            if !tls_url {
+                push(format!("mqtt.tls.{key}"), "only used with an mqtts:// url".into());
+            } else if !loaded.resolve(f).is_file() {
+                push(
+                    format!("mqtt.tls.{key}"),
+                    format!("{} does not exist", loaded.resolve(f).display()),
+                );
+            }
+        }
+        if q.tls.client_cert.is_some() != q.tls.client_key.is_some() {
+            push(
+                "mqtt.tls.client_cert".into(),
+                "client_cert and client_key go together".into(),
+            );
         }
         if q.password_env.is_some() && q.password_file.is_some() {
             push(
@@ -978,6 +1341,26 @@ fn validate(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Vec<ConfigIssue
         }
         if (q.password_env.is_some() || q.password_file.is_some()) && q.username.is_none() {
             push("mqtt.username".into(), "a password needs a username".into());
+        }
+    }
+    if parsed.events {
+        let e = &c.events;
+        let defaults = PromptConfig::new("defaults", "defaults");
+        for (key, v) in [
+            ("hold_secs", e.hold_secs),
+            ("cooldown_secs", e.cooldown_secs),
+            ("max_event_secs", e.max_event_secs),
+            ("update_interval_secs", e.update_interval_secs),
+        ] {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                push(
+                    format!("events.{key}"),
+                    format!("must be between 0 and 86400 seconds, got {v}"),
+                );
+            }
+        }
+        if let Err(m) = defaults.event_params(e).validate() {
+            push("events".into(), m);
         }
     }
     let preprocess_checks = if parsed.preprocess {
@@ -1089,44 +1472,23 @@ fn validate(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Vec<ConfigIssue
             }
         }
     }
+    let known: Vec<(String, Modality)> = c.sources.iter().map(|s| (s.name().to_owned(), s.modality())).collect();
+    let all_names: Vec<String> = known
+        .iter()
+        .map(|(n, _)| n.clone())
+        .chain(parsed.other_source_names.iter().cloned())
+        .collect();
     let mut ids = BTreeSet::new();
     for (pos, pr) in c.prompts.iter().enumerate() {
         let i = parsed.prompt_index.get(pos).copied().unwrap_or(pos);
-        let p = |k: &str| format!("prompts[{i}].{k}");
-        if !is_slug(&pr.id) {
-            push(p("id"), format!("{:?} is not a valid id: use [a-z0-9_-]", pr.id));
-        } else if !ids.insert(pr.id.clone()) {
-            push(p("id"), format!("{:?} is used by another prompt", pr.id));
+        for (k, m) in check_prompt(pr, &c.events, &known, &all_names) {
+            push(format!("prompts[{i}].{k}"), m);
         }
-        let texts = pr.all_texts();
-        if texts.is_empty() {
-            push(p("text"), "needs text or texts".into());
-        }
-        for (j, t) in texts.iter().enumerate() {
-            if t.trim().is_empty() {
-                push(p("text"), format!("text {j} is empty"));
-            }
-            if t.len() > 2000 {
-                push(
-                    p("text"),
-                    format!("text {j} is {} bytes long; keep prompts under 2000", t.len()),
-                );
-            }
-        }
-        if !(0.0..=1.0).contains(&pr.threshold) {
-            push(p("threshold"), format!("must be between 0 and 1, got {}", pr.threshold));
-        }
-        for (j, s) in pr.sources.iter().enumerate() {
-            if !c.sources.iter().any(|src| src.name() == s) && !parsed.other_source_names.contains(s) {
-                push(
-                    format!("prompts[{i}].sources[{j}]"),
-                    format!("no source is named {s:?}"),
-                );
-            }
-        }
-        let reachable = c.sources.iter().any(|s| pr.applies_to(s.modality(), s.name()));
-        if !c.sources.is_empty() && !reachable && parsed.other_source_names.is_empty() {
-            push(p("modalities"), "applies to no configured source".into());
+        if is_slug(&pr.id) && !ids.insert(pr.id.clone()) {
+            push(
+                format!("prompts[{i}].id"),
+                format!("{:?} is used by another prompt", pr.id),
+            );
         }
     }
     if !c.prompts.is_empty()

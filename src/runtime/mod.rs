@@ -28,13 +28,14 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::clock;
-use crate::config::{LoadedConfig, SourceConfig};
+use crate::config::{LoadedConfig, PromptConfig, SourceConfig, check_prompt};
+use crate::control::{ControlStats, Controller, ControllerSetup, SensorInfo, StateFile, TextTower, prompts_hash};
 use crate::encode::{Encoder, ModelDir, ModelSource, engine};
 use crate::labels::{PromptCache, PromptSet, embed_prompts};
 use crate::modality::Modality;
 use crate::preprocess::text::Tokenizer;
-use crate::publish::mqtt::{self, MqttSettings, MqttStats};
-use crate::publish::{OutMessage, Outbox, Topics, parse_broker_url};
+use crate::publish::mqtt::{self, FirstConnect, MqttSettings, MqttStats};
+use crate::publish::{Class, OutMessage, Outbox, OutboxLimits, Topics, parse_broker_url};
 use crate::ring::{RingStats, ring};
 use crate::sources::replay::ReplaySource;
 use crate::sources::serial::SerialImuSource;
@@ -109,6 +110,8 @@ pub struct Metrics {
     pub mqtt: Arc<MqttStats>,
     /// The outbox.
     pub outbox: Option<Arc<Outbox>>,
+    /// The controller (events, prompts).
+    pub control: Arc<ControlStats>,
 }
 
 /// The stats payload (`stats/1`).
@@ -128,6 +131,8 @@ pub struct StatsMessage {
     pub encoders: BTreeMap<String, serde_json::Value>,
     /// The MQTT connection and outbox.
     pub mqtt: serde_json::Value,
+    /// Events and prompt updates.
+    pub events: serde_json::Value,
 }
 
 impl Metrics {
@@ -172,13 +177,51 @@ impl Metrics {
                 )
             })
             .collect();
+        let m = &self.mqtt;
+        let per_class = |f: &dyn Fn(&crate::publish::ClassCounters) -> u64| -> serde_json::Value {
+            let map: serde_json::Map<String, serde_json::Value> = Class::ALL
+                .iter()
+                .map(|&c| {
+                    let v = self.outbox.as_ref().map_or(0, |o| f(&o.classes[c as usize]));
+                    (c.as_str().to_owned(), v.into())
+                })
+                .collect();
+            map.into()
+        };
+        let queued: serde_json::Map<String, serde_json::Value> = Class::ALL
+            .iter()
+            .map(|&c| {
+                let n = self.outbox.as_ref().map_or(0, |o| o.lens()[c as usize]);
+                (c.as_str().to_owned(), n.into())
+            })
+            .collect();
         let mqtt = serde_json::json!({
-            "connected": self.mqtt.connected.load(Ordering::Relaxed),
-            "connects_total": r(&self.mqtt.connects_total),
-            "errors_total": r(&self.mqtt.errors_total),
+            "connected": m.connected.load(Ordering::Relaxed),
+            "connects_total": r(&m.connects_total),
+            "errors_total": r(&m.errors_total),
             "queued": self.outbox.as_ref().map_or(0, |o| o.len()),
-            "dropped_total": self.outbox.as_ref().map_or(0, |o| r(&o.dropped)),
-            "sent_total": self.outbox.as_ref().map_or(0, |o| r(&o.sent)),
+            "queued_by_class": queued,
+            "dropped_total": self.outbox.as_ref().map_or(0, |o| o.dropped_total()),
+            "dropped": per_class(&|c| r(&c.dropped)),
+            "sent_total": self.outbox.as_ref().map_or(0, |o| o.sent_total()),
+            "requeued_total": self.outbox.as_ref().map_or(0, |o| r(&o.requeued)),
+            "superseded_total": self.outbox.as_ref().map_or(0, |o| r(&o.classes[Class::State as usize].superseded)),
+            "republished_total": r(&m.republished_total),
+            "last_republish_ms": r(&m.last_republish_ms),
+            "commands_total": r(&m.commands_total),
+            "commands_dropped_total": r(&m.commands_dropped_total),
+            "subscriptions_denied": m.subscriptions_denied.lock().map(|d| d.clone()).unwrap_or_default(),
+        });
+        let c = &self.control;
+        let events = serde_json::json!({
+            "started_total": r(&c.events_started_total),
+            "ended_total": r(&c.events_ended_total),
+            "active": r(&c.events_active),
+            "scored_dropped_total": r(&c.scored_dropped_total),
+            "embeddings_total": r(&c.embeddings_total),
+            "prompt_updates_accepted_total": r(&c.prompt_updates_accepted_total),
+            "prompt_updates_rejected_total": r(&c.prompt_updates_rejected_total),
+            "config_rev": r(&c.config_rev),
         });
         StatsMessage {
             schema: "stats/1",
@@ -188,6 +231,7 @@ impl Metrics {
             sources,
             encoders,
             mqtt,
+            events,
         }
     }
 }
@@ -248,6 +292,24 @@ pub fn mqtt_settings(loaded: &LoadedConfig) -> anyhow::Result<MqttSettings> {
         }
         (None, None) => None,
     };
+    let tls = if broker.tls {
+        let client = match (&c.mqtt.tls.client_cert, &c.mqtt.tls.client_key) {
+            (Some(cert), Some(key)) => Some((loaded.resolve(cert), loaded.resolve(key))),
+            _ => None,
+        };
+        let ca = c.mqtt.tls.ca_file.as_ref().map(|p| loaded.resolve(p));
+        Some(
+            mqtt::tls_settings(ca.as_deref(), client.as_ref().map(|(a, b)| (a.as_path(), b.as_path())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+    } else {
+        None
+    };
+    let topics = Topics::new(&c.mqtt.prefix, &c.device.id);
+    let mut subscriptions = topics.command_filters();
+    if c.mqtt.homeassistant.enabled {
+        subscriptions.push(format!("{}/status", c.mqtt.homeassistant.discovery_prefix));
+    }
     Ok(MqttSettings {
         broker,
         client_id: c
@@ -258,8 +320,45 @@ pub fn mqtt_settings(loaded: &LoadedConfig) -> anyhow::Result<MqttSettings> {
         keep_alive: Duration::from_secs(c.mqtt.keep_alive_secs),
         username: c.mqtt.username.clone(),
         password,
-        topics: Topics::new(&c.mqtt.prefix, &c.device.id),
+        tls,
+        topics,
+        subscriptions,
     })
+}
+
+/// The prompts to start with: those accepted over MQTT in an earlier run (from the state file) while the
+/// configuration file's prompts are unchanged and they still fit the configured sources; else the file's.
+fn chosen_prompts(loaded: &LoadedConfig, state: &StateFile, config_hash: &str) -> (Vec<PromptConfig>, &'static str) {
+    let cfg = &loaded.config;
+    let Some(saved) = &state.state.prompts else {
+        return (cfg.prompts.clone(), "config");
+    };
+    if state.state.prompts_base != config_hash {
+        tracing::info!(
+            "The configuration file's prompts changed since prompts were updated over MQTT; using the file's."
+        );
+        return (cfg.prompts.clone(), "config");
+    }
+    let sources: Vec<(String, Modality)> = cfg
+        .sources
+        .iter()
+        .map(|s| (s.name().to_owned(), s.modality()))
+        .collect();
+    let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
+    let problems: Vec<String> = saved
+        .iter()
+        .flat_map(|p| {
+            check_prompt(p, &cfg.events, &sources, &names)
+                .into_iter()
+                .map(move |(k, m)| format!("{}.{k}: {m}", p.id))
+        })
+        .collect();
+    if problems.is_empty() {
+        (saved.clone(), "state_file")
+    } else {
+        tracing::warn!(problems = ?problems, "The prompts saved from MQTT updates no longer fit the configuration; using the file's.");
+        (cfg.prompts.clone(), "config")
+    }
 }
 
 /// Ring capacity for a source, in samples, from `ring_secs` and a nominal rate; frame rings are also bounded by
@@ -306,10 +405,23 @@ pub async fn run(
     if cfg.sources.is_empty() {
         bail!("{}: no sources configured", loaded.file.display());
     }
+    // Runtime state: the session counter, prompts accepted over MQTT, switches, events left open.
+    let state_dir = loaded.resolve(&cfg.runtime.state_dir);
+    let state_dir = match std::fs::create_dir_all(&state_dir) {
+        Ok(()) => Some(state_dir),
+        Err(e) => {
+            tracing::warn!(path = %state_dir.display(), error = %e, "Cannot create the state directory; prompt embeddings are not cached and runtime changes do not survive a restart.");
+            None
+        }
+    };
+    let state = StateFile::open(state_dir.as_deref());
+    let config_prompts_hash = prompts_hash(&cfg.prompts);
+    let (prompt_configs, prompts_origin) = chosen_prompts(loaded, &state, &config_prompts_hash);
+
     // Models.
     let model_dir = ModelDir::open(&loaded.resolve(&cfg.models.dir))?;
     let modalities: BTreeSet<Modality> = cfg.sources.iter().map(SourceConfig::modality).collect();
-    let need_text = !cfg.prompts.is_empty() || modalities.contains(&Modality::Text);
+    let need_text = !prompt_configs.is_empty() || modalities.contains(&Modality::Text);
     let tokenizer = if need_text {
         model_dir.verify_bpe_checksum()?;
         Some(Arc::new(Tokenizer::from_file(
@@ -323,6 +435,7 @@ pub async fn run(
         to_load.insert(Modality::Text);
     }
     let mut encoders: BTreeMap<Modality, Arc<dyn Encoder>> = BTreeMap::new();
+    let mut model_info = BTreeMap::new();
     for m in to_load {
         let (dir, opts) = (model_dir.clone(), loaded.engine_options(m));
         let threads = opts.threads;
@@ -330,6 +443,10 @@ pub async fn run(
             .await
             .context("model loading was interrupted")??;
         tracing::info!(modality = %m, model = %enc.info().model_id, backend = enc.backend(), threads, "Loaded encoder.");
+        model_info.insert(
+            m.to_string(),
+            serde_json::json!({ "model": enc.info().model_id, "backend": enc.backend(), "dim": enc.info().output_dim }),
+        );
         let enc: Arc<dyn Encoder> = match options.encoder_delay {
             Some(delay) => Arc::new(DelayedEncoder { inner: enc, delay }),
             None => enc,
@@ -337,23 +454,27 @@ pub async fn run(
         encoders.insert(m, enc);
     }
     // Prompts.
-    let prompt_set = match (encoders.get(&Modality::Text), &tokenizer) {
-        (Some(text), Some(tok)) if !cfg.prompts.is_empty() => {
-            let state_dir = loaded.resolve(&cfg.runtime.state_dir);
-            let cache_dir = match std::fs::create_dir_all(&state_dir) {
-                Ok(()) => Some(state_dir.clone()),
-                Err(e) => {
-                    tracing::warn!(path = %state_dir.display(), error = %e, "Cannot create the state directory; prompt embeddings will not be cached.");
-                    None
-                }
-            };
-            let mut cache = PromptCache::open(cache_dir.as_deref());
-            let sha = model_dir.tower(Modality::Text)?.sha256.clone();
-            let set = embed_prompts(&cfg.prompts, text.as_ref(), &sha, tok, &mut cache)?;
+    let mut cache = PromptCache::open(state_dir.as_deref());
+    let text_tower = match (encoders.get(&Modality::Text), &tokenizer) {
+        (Some(text), Some(tok)) => Some(TextTower {
+            encoder: Arc::clone(text),
+            sha256: model_dir.tower(Modality::Text)?.sha256.clone(),
+            tokenizer: Arc::clone(tok),
+        }),
+        _ => None,
+    };
+    let prompt_set = match &text_tower {
+        Some(t) if !prompt_configs.is_empty() => {
+            let set = embed_prompts(&prompt_configs, t.encoder.as_ref(), &t.sha256, &t.tokenizer, &mut cache)?;
             if let Err(e) = cache.save() {
                 tracing::warn!(error = %e, "Cannot save the prompt cache.");
             }
-            tracing::info!(prompts = set.prompts().len(), cached = cache.len(), "Prompts embedded.");
+            tracing::info!(
+                prompts = set.prompts().len(),
+                cached = cache.len(),
+                origin = prompts_origin,
+                "Prompts embedded."
+            );
             set
         }
         _ => PromptSet::default(),
@@ -362,25 +483,53 @@ pub async fn run(
 
     // Publishing.
     let topics = Topics::new(&cfg.mqtt.prefix, &cfg.device.id);
-    let outbox = Arc::new(Outbox::new(cfg.mqtt.queue_messages));
+    let outbox = Arc::new(Outbox::new(OutboxLimits {
+        state: 1000,
+        events: cfg.mqtt.queue_events,
+        telemetry: cfg.mqtt.queue_messages,
+        embeddings: cfg.mqtt.queue_embeddings,
+    }));
     let mqtt_stats = Arc::new(MqttStats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Commands from the broker to the controller; when full a command is dropped and counted.
+    let (command_tx, command_rx) = tokio::sync::mpsc::channel(64);
     let publisher = if cfg.mqtt.enabled {
         let settings = mqtt_settings(loaded)?;
         tracing::info!(broker = %cfg.mqtt.url, client_id = %settings.client_id, "Publishing to MQTT.");
-        tokio::spawn(mqtt::run(
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(mqtt::run(
             settings,
-            Arc::clone(&outbox),
-            Arc::clone(&mqtt_stats),
+            mqtt::Connection {
+                outbox: Arc::clone(&outbox),
+                stats: Arc::clone(&mqtt_stats),
+                commands: command_tx,
+                first: Some(first_tx),
+            },
             stop_rx,
             options.shutdown_timeout,
-        ))
+        ));
+        // A broker that rejects us is a configuration error; one that cannot be reached yet is not.
+        match tokio::time::timeout(Duration::from_secs(15), first_rx).await {
+            Ok(Ok(FirstConnect::Rejected(why))) => {
+                task.abort();
+                bail!("MQTT broker {}: {why}", cfg.mqtt.url);
+            }
+            Ok(Ok(FirstConnect::Unreachable(why))) => {
+                tracing::warn!(broker = %cfg.mqtt.url, error = %why, "The MQTT broker is not reachable yet; running and retrying.");
+            }
+            Ok(Ok(FirstConnect::Connected)) => {}
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(broker = %cfg.mqtt.url, "No answer from the MQTT broker yet; running and retrying.");
+            }
+        }
+        task
     } else {
+        drop(command_tx);
         let ob = Arc::clone(&outbox);
         tokio::spawn(async move {
             loop {
                 while let Some(msg) = ob.pop() {
-                    ob.sent.fetch_add(1, Ordering::Relaxed);
+                    ob.mark_sent(msg.class);
                     tracing::info!(topic = %msg.topic, payload = %String::from_utf8_lossy(&msg.payload), "Message (MQTT disabled).");
                 }
                 if ob.is_closed() {
@@ -390,11 +539,15 @@ pub async fn run(
             }
         })
     };
+    let control_stats = Arc::new(ControlStats::default());
+    // Scored windows from the encoder workers to the controller; overflow: the newest is dropped and counted.
+    let (scored_tx, scored_rx) = tokio::sync::mpsc::channel(crate::control::SCORED_QUEUE);
 
     // Encoder workers.
     let mut metrics = Metrics {
         mqtt: Arc::clone(&mqtt_stats),
         outbox: Some(Arc::clone(&outbox)),
+        control: Arc::clone(&control_stats),
         ..Metrics::default()
     };
     let mut queues: BTreeMap<Modality, Arc<WindowQueue>> = BTreeMap::new();
@@ -412,11 +565,8 @@ pub async fn run(
         let cx = WorkerContext {
             encoder,
             prompts: Arc::clone(&prompts),
-            outbox: Arc::clone(&outbox),
-            topics: topics.clone(),
-            device: cfg.device.id.clone(),
-            qos: cfg.mqtt.qos,
-            top_k: cfg.runtime.top_k,
+            scored: scored_tx.clone(),
+            control: Arc::clone(&control_stats),
             max_batch: cfg.models.max_batch,
             max_wait: Duration::from_millis(cfg.models.max_wait_ms),
             stats,
@@ -432,6 +582,7 @@ pub async fn run(
     let stop = StopFlag::new();
     let mut source_threads = Vec::new();
     let mut window_threads = Vec::new();
+    let mut sensors = Vec::new();
     let prepare_cx = PrepareContext {
         preprocess: cfg.preprocess.clone(),
         tokenizer: tokenizer.clone(),
@@ -461,18 +612,28 @@ pub async fn run(
             ..SourceCounters::default()
         });
         metrics.sources.insert(name.clone(), Arc::clone(&counters));
+        let enabled = Arc::new(AtomicBool::new(true));
+        let spec = sc.window();
+        sensors.push(SensorInfo {
+            name: name.clone(),
+            modality,
+            window_secs: spec.window_secs,
+            hop_secs: spec.hop_secs,
+            stats: Arc::clone(&counters.source),
+            enabled: Arc::clone(&enabled),
+        });
         let source_done = Arc::new(AtomicBool::new(false));
         let queue = queues
             .get(&modality)
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("no queue for {modality}"))?;
         // The window stage.
-        let (wname, spec, pcx, wcounters, sdone) = (
+        let (wname, pcx, wcounters, sdone, wenabled) = (
             name.clone(),
-            sc.window(),
             prepare_cx.clone(),
             Arc::clone(&counters),
             Arc::clone(&source_done),
+            Arc::clone(&enabled),
         );
         let window_done = Arc::new(AtomicBool::new(false));
         let wflag = Arc::clone(&window_done);
@@ -489,6 +650,10 @@ pub async fn run(
                     let n = consumer.drain_into(&mut samples);
                     for s in samples.drain(..) {
                         cutter.push(s, &mut raws);
+                    }
+                    if !wenabled.load(Ordering::Relaxed) {
+                        // Switched off over MQTT: windows are cut (the ring keeps draining) but not embedded.
+                        raws.clear();
                     }
                     for raw in raws.drain(..) {
                         match prepare(&raw, &pcx) {
@@ -549,6 +714,33 @@ pub async fn run(
     }
     let metrics = Arc::new(metrics);
 
+    // The controller: events, states, commands.
+    let controller = Controller::new(ControllerSetup {
+        device: cfg.device.id.clone(),
+        device_name: cfg.device.name.clone().unwrap_or_else(|| cfg.device.id.clone()),
+        topics: topics.clone(),
+        mqtt: cfg.mqtt.clone(),
+        events: cfg.events.clone(),
+        top_k: cfg.runtime.top_k,
+        sensors,
+        models: model_info,
+        prompts: Arc::clone(&prompts),
+        text: text_tower,
+        cache,
+        state,
+        config_prompts_hash,
+        prompts_origin,
+        outbox: Arc::clone(&outbox),
+        stats: Arc::clone(&control_stats),
+    });
+    drop(scored_tx);
+    let control_done = Arc::new(AtomicBool::new(false));
+    let control_flag = Arc::clone(&control_done);
+    let control_task = tokio::spawn(async move {
+        controller.run(scored_rx, command_rx).await;
+        control_flag.store(true, Ordering::SeqCst);
+    });
+
     // Stats.
     let stats_task = if cfg.runtime.stats_interval_secs > 0.0 {
         let (m, ob, t, device) = (
@@ -565,12 +757,7 @@ pub async fn run(
                 tick.tick().await;
                 let snap = m.snapshot(&device, started.elapsed());
                 if let Ok(payload) = serde_json::to_vec(&snap) {
-                    ob.push(OutMessage {
-                        topic: t.clone(),
-                        payload,
-                        qos: 0,
-                        retain: false,
-                    });
+                    ob.push(OutMessage::telemetry(t.clone(), payload, 0));
                 }
             }
         }))
@@ -617,17 +804,22 @@ pub async fn run(
         q.close();
     }
     stragglers.extend(wait_all(&workers, deadline).await);
+    // The workers are gone, so the scored queue closes: the controller ends every open event and stops.
+    let controller_tracked = [Tracked {
+        name: "controller".into(),
+        done: control_done,
+    }];
+    let late = wait_all(&controller_tracked, deadline).await;
+    if !late.is_empty() {
+        control_task.abort();
+        stragglers.extend(late);
+    }
     if let Some(t) = stats_task {
         t.abort();
     }
     // Final stats, then close the outbox: the MQTT task flushes it, says offline and disconnects.
     if let Ok(payload) = serde_json::to_vec(&metrics.snapshot(&cfg.device.id, started.elapsed())) {
-        outbox.push(OutMessage {
-            topic: topics.stats(),
-            payload,
-            qos: 0,
-            retain: false,
-        });
+        outbox.push(OutMessage::telemetry(topics.stats(), payload, 0));
     }
     outbox.close();
     if stop_tx.send(true).is_err() {

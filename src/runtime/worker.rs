@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::clock::{self, Timestamp};
+use crate::clock::Timestamp;
+use crate::control::{ControlStats, Scored};
 use crate::encode::Encoder;
 use crate::labels::PromptSet;
 use crate::modality::Modality;
-use crate::publish::{LABELS_SCHEMA, LabelMessage, OutMessage, Outbox, Topics};
 use crate::tensor::Tensor;
 
 /// A preprocessed window on its way to an encoder.
@@ -51,7 +51,7 @@ pub struct EncoderStats {
     pub batches_total: AtomicU64,
     /// Total inference time, microseconds.
     pub infer_us_total: AtomicU64,
-    /// Label messages queued for publishing.
+    /// Scored windows handed to the controller.
     pub messages_total: AtomicU64,
 }
 
@@ -150,16 +150,11 @@ pub struct WorkerContext {
     pub encoder: Arc<dyn Encoder>,
     /// The prompts (swappable at run time).
     pub prompts: Arc<RwLock<Arc<PromptSet>>>,
-    /// Where label messages go.
-    pub outbox: Arc<Outbox>,
-    /// Topic names.
-    pub topics: Topics,
-    /// Device id.
-    pub device: String,
-    /// QoS of label messages.
-    pub qos: u8,
-    /// Labels per message.
-    pub top_k: usize,
+    /// Where scored windows go (bounded; when full the newest window is dropped and counted in
+    /// `ControlStats::scored_dropped_total`).
+    pub scored: tokio::sync::mpsc::Sender<Scored>,
+    /// The controller's counters.
+    pub control: Arc<ControlStats>,
     /// Most windows per call.
     pub max_batch: usize,
     /// Longest wait for a batch to fill.
@@ -206,36 +201,26 @@ pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
             Ok(p) => Arc::clone(&p),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         };
+        let model: Arc<str> = Arc::from(cx.encoder.info().model_id.as_str());
         for (i, w) in batch.iter().enumerate() {
             let emb = &values[i * dim..(i + 1) * dim];
-            let labels = prompts.score(emb, w.modality, &w.source, cx.top_k);
-            let now = clock::now();
-            let msg = LabelMessage {
-                schema: LABELS_SCHEMA,
-                device: cx.device.clone(),
-                source: w.source.to_string(),
-                modality: w.modality.to_string(),
+            let scored = Scored {
+                source: Arc::clone(&w.source),
+                modality: w.modality,
                 seq: w.seq,
-                t0: clock::rfc3339_of(w.t0),
-                t1: clock::rfc3339_of(w.t1),
-                t0_mono_ns: w.t0.0,
-                t1_mono_ns: w.t1.0,
-                ts: clock::rfc3339_of(now),
-                latency_ms: now.since(w.t1).as_secs_f64() * 1e3,
-                model: cx.encoder.info().model_id.clone(),
-                labels,
+                t0: w.t0,
+                t1: w.t1,
+                model: Arc::clone(&model),
+                embedding: emb.to_vec(),
+                labels: prompts.score(emb, w.modality, &w.source, usize::MAX),
             };
-            match serde_json::to_vec(&msg) {
-                Ok(payload) => {
-                    cx.outbox.push(OutMessage {
-                        topic: cx.topics.labels(&w.source),
-                        payload,
-                        qos: cx.qos,
-                        retain: false,
-                    });
+            match cx.scored.try_send(scored) {
+                Ok(()) => {
                     cx.stats.messages_total.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => tracing::error!(error = %e, "Cannot serialise a label message."),
+                Err(_) => {
+                    cx.control.scored_dropped_total.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }

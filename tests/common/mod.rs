@@ -1,4 +1,5 @@
-//! Test harness: a real mosquitto broker on a free loopback port, and an MQTT subscriber.
+//! Test harness: real mosquitto brokers (plain, TLS, password, ACL, persistent with kill/restart) on a free loopback
+//! port, a test CA made with `openssl`, and MQTT subscribers (plain and persistent-session).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test binaries
 
@@ -6,6 +7,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,8 @@ pub struct Mosquitto {
     pub port: u16,
     /// Its working folder (config, log).
     pub dir: tempfile::TempDir,
+    /// Saves its state to `dir` ([`Mosquitto::start_persistent`]).
+    persistent: bool,
 }
 
 impl Mosquitto {
@@ -26,34 +30,221 @@ impl Mosquitto {
 
     /// Starts mosquitto with extra configuration lines.
     pub fn start_with(extra: &str) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), false, extra)
+    }
+
+    /// Starts mosquitto with a TLS listener (the `certs` server certificate, clients checked against `certs.ca`),
+    /// anonymous access allowed; with `require_client_cert` a client without a certificate from that CA is refused
+    /// in the handshake. Connect to [`Mosquitto::tls_url`]: the server certificate names `127.0.0.1` and
+    /// `localhost`, and [`Certs::tls_config`] gives the matching rumqttc settings.
+    ///
+    /// How rumqttc 0.25 reports failures (TLS 1.3): a server certificate it does not trust fails in `connect` as
+    /// `ConnectionError::Tls(Io(.. InvalidCertificate(BadSignature)))`; a missing or foreign client certificate only
+    /// shows as the server's alert while waiting for CONNACK: `ConnectionError::MqttState(Deserialization(Io(..
+    /// AlertReceived(CertificateRequired))))`, or `AlertReceived(UnknownCA)`. The start-up probe (a bare TCP
+    /// connect) leaves one `Client connection from 127.0.0.1 failed: ... unexpected eof` line in the log.
+    pub fn start_tls(certs: &Certs, require_client_cert: bool) -> Self {
+        let extra = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_client_cert}\n\
+             use_identity_as_username false\nallow_anonymous true\n",
+            certs.ca.display(),
+            certs.server_cert.display(),
+            certs.server_key.display(),
+        );
+        Self::start_with(&extra)
+    }
+
+    /// Starts mosquitto that only lets in `user` with `password` (`allow_anonymous false`, a `password_file` made by
+    /// `mosquitto_passwd`). A wrong password or user is refused with CONNACK return code 5 (not authorized).
+    pub fn start_password(user: &str, password: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let extra = password_conf(dir.path(), user, password);
+        Self::start_in(dir, false, &extra)
+    }
+
+    /// Like [`Mosquitto::start_password`], plus an `acl_file` holding `acl`, e.g.
+    /// `"user u\ntopic readwrite sensebind/#\ntopic read status/#\ntopic deny sensebind/secret/#\n"`: what the
+    /// file does not grant is denied, and `deny` lines win wherever they are. The log has every packet
+    /// (`log_type all`), e.g. `Denied PUBLISH from ...`.
+    ///
+    /// What mosquitto 2.0 (2.0.11 to 2.0.20) does with an MQTT 3.1.1 client (checked with rumqttc 0.25):
+    /// - a PUBLISH without write access is dropped and the connection stays up, and the client cannot tell: QoS 0
+    ///   gets nothing back, QoS 1 still gets its PUBACK, QoS 2 its PUBREC and PUBCOMP;
+    /// - SUBSCRIBE is never checked against the `acl_file`: every filter (`#`, topics without read access, topics
+    ///   under `deny`) gets SUBACK with the granted QoS, never 0x80 (that needs an auth plugin such as dynamic
+    ///   security); instead each message is checked for read access on delivery, so a filter without read access
+    ///   just receives nothing.
+    pub fn start_acl(user: &str, password: &str, acl: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let acl_path = dir.path().join("acl");
+        std::fs::write(&acl_path, acl).unwrap();
+        private(&acl_path);
+        let extra = format!(
+            "{}acl_file {}\nlog_type all\n",
+            password_conf(dir.path(), user, password),
+            acl_path.display()
+        );
+        Self::start_in(dir, false, &extra)
+    }
+
+    /// Like [`Mosquitto::start_acl`] (same `acl` text: `topic [read|write|readwrite|deny] <filter>` lines, `user`
+    /// lines ignored) but enforced by mosquitto's dynamic-security plugin, which, unlike the `acl_file`, also checks
+    /// SUBSCRIBE: a filter not inside a `read` grant, or inside a `deny`, gets SUBACK 0x80
+    /// (`SubscribeReasonCode::Failure`). A denied PUBLISH is dropped as with the `acl_file` (QoS 1 still PUBACKed);
+    /// a message is delivered only where the subscriber may read its topic. `user` logs in with `password`.
+    pub fn start_dynsec(user: &str, password: &str, acl: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("dynamic-security.json");
+        // `init` writes the user with a hashed password and an admin role; the role's ACLs are replaced below.
+        let out = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&json)
+            .args([user, password])
+            .output()
+            .expect("mosquitto_ctrl is installed (with mosquitto)");
+        assert!(out.status.success(), "mosquitto_ctrl dynsec init failed: {out:?}");
+        let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let mut acls = Vec::new();
+        for line in acl.lines().map(str::trim) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (access, topic) = match words.as_slice() {
+                ["topic", topic] => ("readwrite", *topic),
+                ["topic", access, topic] => (*access, *topic),
+                _ => continue,
+            };
+            let (types, allow): (&[&str], bool) = match access {
+                "read" => (&["publishClientReceive", "subscribePattern"], true),
+                "write" => (&["publishClientSend"], true),
+                "readwrite" => (&["publishClientSend", "publishClientReceive", "subscribePattern"], true),
+                "deny" => (
+                    &["publishClientSend", "publishClientReceive", "subscribePattern"],
+                    false,
+                ),
+                other => panic!("unknown ACL access {other:?} in {line:?}"),
+            };
+            for t in types {
+                // Denials first: dynamic security checks a role's ACLs from the highest priority down.
+                let priority = if allow { 0 } else { 10 };
+                acls.push(serde_json::json!({"acltype": t, "topic": topic, "allow": allow, "priority": priority}));
+            }
+        }
+        doc["roles"][0]["acls"] = serde_json::Value::Array(acls);
+        doc["defaultACLAccess"] = serde_json::json!({
+            "publishClientSend": false, "publishClientReceive": false, "subscribe": false, "unsubscribe": true
+        });
+        std::fs::write(&json, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        private(&json);
+        let extra = format!(
+            "allow_anonymous false\nplugin {}\nplugin_opt_config_file {}\nlog_type all\n",
+            dynsec_plugin().display(),
+            json.display()
+        );
+        Self::start_in(dir, false, &extra)
+    }
+
+    /// Starts mosquitto with anonymous access and persistence in its folder, saved after every change (a
+    /// persistent session's connect or subscription, each queued message), so [`Mosquitto::kill9`] loses nothing
+    /// the broker acknowledged and [`Mosquitto::restart`] brings the sessions and their queued messages back.
+    pub fn start_persistent() -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), true, "allow_anonymous true\n")
+    }
+
+    fn start_in(dir: tempfile::TempDir, persistent: bool, extra: &str) -> Self {
+        let persistence = if persistent {
+            // `autosave_on_changes true` turns `autosave_interval` into a count of changes: with 1 the database is
+            // written at the end of the main-loop pass that handled the change. (A time-based `autosave_interval 1`
+            // saves once more than a whole second has passed: a SIGKILL 1 s after a SUBSCRIBE lost it.)
+            format!(
+                "persistence true\npersistence_location {}\nautosave_interval 1\nautosave_on_changes true\n",
+                dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_owned()
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut conf = format!("listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\n{extra}");
+        let mut conf = format!("listener {port} 127.0.0.1\n{persistence}log_dest stderr\n{extra}");
         if is_root() {
             conf.push_str("user root\n");
         }
-        let conf_path = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto is installed (tools/test installs it)");
-        let mut m = Mosquitto { child, port, dir };
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let child = spawn_mosquitto(dir.path());
+        let mut m = Mosquitto {
+            child,
+            port,
+            dir,
+            persistent,
+        };
         let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(m.child.try_wait().unwrap().is_none(), "mosquitto exited: {}", m.log());
-            assert!(Instant::now() < until, "mosquitto did not start: {}", m.log());
+        match m.wait_ready(until) {
+            Ok(()) => m,
+            Err(true) => panic!("mosquitto exited: {}", m.log()),
+            Err(false) => panic!("mosquitto did not start: {}", m.log()),
+        }
+    }
+
+    /// Waits until the port accepts TCP connections; `Err(true)` if mosquitto exited, `Err(false)` on timeout.
+    fn wait_ready(&mut self, until: Instant) -> Result<(), bool> {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if self.child.try_wait().unwrap().is_some() {
+                return Err(true);
+            }
+            if Instant::now() >= until {
+                return Err(false);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        m
+        Ok(())
+    }
+
+    /// Kills mosquitto with SIGKILL (no clean shutdown, no final save) and reaps it; the port and folder stay for
+    /// [`Mosquitto::restart`]. A persistent broker first gets a [`Mosquitto::sync`], so the crash happens after the
+    /// save of everything it acknowledged (a kill within a millisecond of a SUBACK otherwise catches the save half
+    /// written, and the restarted broker has the session, `session_present` and all, without the subscription).
+    pub fn kill9(&mut self) {
+        if self.persistent && self.child.try_wait().unwrap().is_none() {
+            self.sync();
+        }
+        let _killed = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+
+    /// One MQTT round trip through the broker's single-threaded main loop (a throwaway clean-session CONNECT on a
+    /// plain listener; any CONNACK, even a refusal, counts), which it only answers after finishing the previous pass,
+    /// including that pass's save with [`Mosquitto::start_persistent`]'s settings. Returns whether a CONNACK came.
+    pub fn sync(&self) -> bool {
+        use std::io::Write;
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _set = s.set_read_timeout(Some(Duration::from_secs(5)));
+        // CONNECT, MQTT 3.1.1, clean session, keep-alive 60 s, client id "harness-sync"; then DISCONNECT.
+        let mut connect = vec![0x10, 24, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 12];
+        connect.extend_from_slice(b"harness-sync");
+        let mut connack = [0u8; 4];
+        let ok = s.write_all(&connect).is_ok() && s.read_exact(&mut connack).is_ok() && connack[0] == 0x20;
+        let _sent = s.write_all(&[0xe0, 0]);
+        ok
+    }
+
+    /// Starts mosquitto again (killing it first if it still runs) with the same configuration, port and folder, so a
+    /// persistent broker reloads its sessions; returns once the port accepts connections.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = spawn_mosquitto(self.dir.path());
+            match self.wait_ready(until) {
+                Ok(()) => return,
+                // The port can be taken for a moment, e.g. as another socket's ephemeral port: try again.
+                Err(true) if Instant::now() < until => std::thread::sleep(Duration::from_millis(200)),
+                Err(true) => panic!("mosquitto exited on restart: {}", self.log()),
+                Err(false) => panic!("mosquitto did not restart: {}", self.log()),
+            }
+        }
     }
 
     /// The broker's log so far.
@@ -68,6 +259,11 @@ impl Mosquitto {
     /// `mqtt://127.0.0.1:{port}`.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// `mqtts://127.0.0.1:{port}`, for a broker from [`Mosquitto::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
     }
 }
 
@@ -86,6 +282,194 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Spawns `mosquitto -c {dir}/mosquitto.conf`, its stderr appended to `{dir}/mosquitto.log`.
+fn spawn_mosquitto(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("mosquitto.log"))
+        .unwrap();
+    Command::new("mosquitto")
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mosquitto is installed (tools/test installs it)")
+}
+
+/// Writes `{dir}/passwd` with `mosquitto_passwd` and returns the configuration lines that require it.
+fn password_conf(dir: &Path, user: &str, password: &str) -> String {
+    let path = dir.join("passwd");
+    let out = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&path)
+        .args([user, password])
+        .output()
+        .expect("mosquitto_passwd is installed (with mosquitto)");
+    assert!(
+        out.status.success() && path.exists(),
+        "mosquitto_passwd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    private(&path);
+    format!("allow_anonymous false\npassword_file {}\n", path.display())
+}
+
+/// Makes a file readable by its owner only (newer mosquitto warns about or refuses looser password and ACL files).
+/// The owner is this process's user, the one mosquitto runs as (`user root` when root).
+fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Where mosquitto's dynamic-security plugin is installed (Debian: `/usr/lib/<triplet>/`).
+fn dynsec_plugin() -> PathBuf {
+    let name = "mosquitto_dynamic_security.so";
+    let mut candidates = vec![
+        PathBuf::from("/usr/lib").join(name),
+        PathBuf::from("/usr/local/lib").join(name),
+    ];
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib") {
+        candidates.extend(dirs.flatten().map(|d| d.path().join(name)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("mosquitto's dynamic-security plugin is installed (Debian's mosquitto package has it)")
+}
+
+/// The installed mosquitto's version, e.g. `2.0.11`.
+pub fn mosquitto_version() -> String {
+    let out = Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .expect("mosquitto is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("mosquitto version").trim().to_owned()
+}
+
+/// A fresh test CA with a server and a client certificate (EC P-256, SHA-256, X.509 v3), made with the `openssl`
+/// command; the files live as long as this value.
+pub struct Certs {
+    /// The folder holding the files.
+    pub dir: tempfile::TempDir,
+    /// The CA certificate (PEM): `basicConstraints CA:TRUE`, `keyUsage keyCertSign`.
+    pub ca: PathBuf,
+    /// The CA's private key (PKCS#8 PEM), to sign more certificates.
+    pub ca_key: PathBuf,
+    /// The server certificate (PEM): CN `localhost`, `subjectAltName IP:127.0.0.1, DNS:localhost`,
+    /// `extendedKeyUsage serverAuth`, not a CA.
+    pub server_cert: PathBuf,
+    /// The server's private key (PKCS#8 PEM).
+    pub server_key: PathBuf,
+    /// The client certificate (PEM): CN `sensebind-test`, `extendedKeyUsage clientAuth`, not a CA.
+    pub client_cert: PathBuf,
+    /// The client's private key (PKCS#8 PEM, which rumqttc's `TlsConfiguration::Simple` reads, as it does SEC1 and
+    /// PKCS#1).
+    pub client_key: PathBuf,
+}
+
+/// The `openssl` configuration: a minimal `[req]` (no system openssl.cnf needed) and the three extension sections.
+const OPENSSL_CONF: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca_ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+";
+
+/// Makes a fresh [`Certs`] with the `openssl` command (valid from now for two days).
+pub fn make_certs() -> Certs {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("openssl.cnf"), OPENSSL_CONF).unwrap();
+    // Run in the folder with relative names, so the commands split on whitespace whatever the temp path.
+    for name in ["ca", "server", "client"] {
+        openssl(
+            d,
+            &format!("genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {name}.key"),
+        );
+    }
+    openssl(
+        d,
+        "req -config openssl.cnf -x509 -new -key ca.key -sha256 -days 2 -subj /CN=sensebind-test-CA \
+         -extensions ca_ext -out ca.pem",
+    );
+    for (name, cn, serial) in [("server", "localhost", 2), ("client", "sensebind-test", 3)] {
+        openssl(
+            d,
+            &format!("req -config openssl.cnf -new -key {name}.key -subj /CN={cn} -out {name}.csr"),
+        );
+        openssl(
+            d,
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 2 -sha256 \
+                 -extfile openssl.cnf -extensions {name}_ext -out {name}.pem"
+            ),
+        );
+    }
+    Certs {
+        ca: d.join("ca.pem"),
+        ca_key: d.join("ca.key"),
+        server_cert: d.join("server.pem"),
+        server_key: d.join("server.key"),
+        client_cert: d.join("client.pem"),
+        client_key: d.join("client.key"),
+        dir,
+    }
+}
+
+/// Runs `openssl {args}` (split on whitespace) in `dir`; panics with its stderr on failure.
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Certs {
+    /// rumqttc TLS settings that trust this CA, presenting the client certificate when `client_cert`; use with
+    /// `MqttOptions::set_transport(rumqttc::Transport::tls_with_config(..))` and host `127.0.0.1` or `localhost`.
+    pub fn tls_config(&self, client_cert: bool) -> rumqttc::TlsConfiguration {
+        let client_auth = client_cert.then(|| {
+            (
+                std::fs::read(&self.client_cert).unwrap(),
+                std::fs::read(&self.client_key).unwrap(),
+            )
+        });
+        rumqttc::TlsConfiguration::Simple {
+            ca: std::fs::read(&self.ca).unwrap(),
+            alpn: None,
+            client_auth,
+        }
+    }
+}
+
 /// A received message.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -95,6 +479,8 @@ pub struct Received {
     pub payload: Vec<u8>,
     /// Retained flag as delivered.
     pub retain: bool,
+    /// DUP flag as delivered (set on a QoS 1 redelivery of a message sent before but not acknowledged).
+    pub dup: bool,
     /// When it arrived.
     pub at: Instant,
 }
@@ -117,9 +503,27 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects to `127.0.0.1:port` and subscribes to `filter` (QoS 1); returns once subscribed.
     pub fn start(port: u16, filter: &str) -> Self {
+        let id = format!("test-sub-{}-{}-{}", std::process::id(), port, next_id());
+        Self::start_with_options(rumqttc::MqttOptions::new(id, "127.0.0.1", port), filter)
+    }
+
+    /// Like [`Subscriber::start`], logging in as `user` with `password` (for [`Mosquitto::start_password`] and
+    /// [`Mosquitto::start_acl`]).
+    pub fn start_with_login(port: u16, filter: &str, user: &str, password: &str) -> Self {
+        let id = format!("test-sub-{}-{}-{user}-{}", std::process::id(), port, next_id());
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_credentials(user, password);
+        Self::start_with_options(opts, filter)
+    }
+
+    /// Like [`Subscriber::start`] with the caller's connection options (client id, credentials, TLS transport from
+    /// [`Certs::tls_config`], ...); keep-alive and packet sizes are set here.
+    pub fn start_with_options(mut opts: rumqttc::MqttOptions, filter: &str) -> Self {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (m, s, f) = (Arc::clone(&messages), Arc::clone(&stop), filter.to_owned());
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("test-subscriber".into())
@@ -129,10 +533,6 @@ impl Subscriber {
                     .build()
                     .unwrap();
                 rt.block_on(async move {
-                    let id = format!("test-sub-{}-{}", std::process::id(), port);
-                    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-                    opts.set_keep_alive(Duration::from_secs(5));
-                    opts.set_max_packet_size(1 << 20, 1 << 20);
                     let (client, mut events) = rumqttc::AsyncClient::new(opts, 16);
                     client.subscribe(f, rumqttc::QoS::AtLeastOnce).await.unwrap();
                     let mut ready = Some(ready_tx);
@@ -149,6 +549,7 @@ impl Subscriber {
                                     topic: p.topic.clone(),
                                     payload: p.payload.to_vec(),
                                     retain: p.retain,
+                                    dup: p.dup,
                                     at: Instant::now(),
                                 });
                             }
@@ -192,6 +593,202 @@ impl Drop for Subscriber {
             let _joined = t.join();
         }
     }
+}
+
+/// A subscriber with a persistent session (fixed client id, `clean_session(false)`, QoS 1) on its own thread; it
+/// keeps polling through broker outages (an error: wait 200 ms and poll again, which reconnects) and never
+/// subscribes again, relying on the broker's session, which also replays QoS 1 messages queued meanwhile.
+/// QoS 1 means at least once: a message whose PUBACK was lost comes again (with `dup` set).
+pub struct PersistentSubscriber {
+    /// Messages so far.
+    pub messages: Arc<Mutex<Vec<Received>>>,
+    /// `session_present` of every CONNACK so far.
+    connacks: Arc<Mutex<Vec<bool>>>,
+    /// Asked to stay disconnected ([`PersistentSubscriber::disconnect`]).
+    offline: Arc<AtomicBool>,
+    /// The thread holds no connection while `offline`.
+    parked: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PersistentSubscriber {
+    /// Connects to `127.0.0.1:port` as `client_id` with a persistent session and subscribes to `filter` (QoS 1);
+    /// returns once the SUBACK arrived.
+    pub fn start_on(port: u16, client_id: &str, filter: &str) -> Self {
+        Self::spawn(port, client_id, Some(filter.to_owned()))
+    }
+
+    /// Connects to `127.0.0.1:port` as `client_id` with a persistent session without subscribing (the session from
+    /// an earlier [`PersistentSubscriber::start_on`] with that id keeps its subscriptions); returns once connected.
+    pub fn attach(port: u16, client_id: &str) -> Self {
+        Self::spawn(port, client_id, None)
+    }
+
+    fn spawn(port: u16, client_id: &str, filter: Option<String>) -> Self {
+        let mut sub = PersistentSubscriber {
+            messages: Arc::new(Mutex::new(Vec::new())),
+            connacks: Arc::new(Mutex::new(Vec::new())),
+            offline: Arc::new(AtomicBool::new(false)),
+            parked: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        let (messages, connacks) = (Arc::clone(&sub.messages), Arc::clone(&sub.connacks));
+        let (offline, parked, stop) = (Arc::clone(&sub.offline), Arc::clone(&sub.parked), Arc::clone(&sub.stop));
+        let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_clean_session(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("test-persistent-subscriber".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let record = |p: &rumqttc::Publish| {
+                        messages.lock().unwrap().push(Received {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            dup: p.dup,
+                            at: Instant::now(),
+                        });
+                    };
+                    let mut ready = Some(ready_tx);
+                    let wait_suback = filter.is_some();
+                    let mut subscribe = filter;
+                    let mut conn: Option<(rumqttc::AsyncClient, rumqttc::EventLoop)> = None;
+                    while !stop.load(Ordering::SeqCst) {
+                        if offline.load(Ordering::SeqCst) {
+                            if let Some((client, mut events)) = conn.take() {
+                                // Send DISCONNECT (the session stays), then drop the connection.
+                                let _queued = client.try_disconnect();
+                                let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                                while let Ok(Ok(ev)) = tokio::time::timeout_at(until, events.poll()).await {
+                                    match ev {
+                                        rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => record(&p),
+                                        rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect) => break,
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            parked.store(true, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        parked.store(false, Ordering::SeqCst);
+                        let (_client, events) = conn.get_or_insert_with(|| {
+                            let (client, events) = rumqttc::AsyncClient::new(opts.clone(), 16);
+                            if let Some(f) = subscribe.take() {
+                                client.try_subscribe(f, rumqttc::QoS::AtLeastOnce).unwrap();
+                            }
+                            (client, events)
+                        });
+                        match tokio::time::timeout(Duration::from_millis(100), events.poll()).await {
+                            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(c)))) => {
+                                connacks.lock().unwrap().push(c.session_present);
+                                if !wait_suback && let Some(tx) = ready.take() {
+                                    let _sent = tx.send(());
+                                }
+                            }
+                            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => {
+                                if let Some(tx) = ready.take() {
+                                    let _sent = tx.send(());
+                                }
+                            }
+                            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => record(&p),
+                            Ok(Ok(_)) | Err(_) => {}
+                            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        }
+                    }
+                });
+            })
+            .unwrap();
+        sub.thread = Some(thread);
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("connected (and subscribed)");
+        sub
+    }
+
+    /// How many times it connected (CONNACKs received): 1 after the start, one more per reconnect.
+    pub fn connects(&self) -> usize {
+        self.connacks.lock().unwrap().len()
+    }
+
+    /// `session_present` of every CONNACK so far (`false` first unless the broker already had this client's session;
+    /// `true` on a reconnect that found the session).
+    pub fn sessions_present(&self) -> Vec<bool> {
+        self.connacks.lock().unwrap().clone()
+    }
+
+    /// Waits until it has connected `n` times in all, or the timeout passes; returns whether it did.
+    pub fn wait_connects(&self, n: usize, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while self.connects() < n && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.connects() >= n
+    }
+
+    /// Sends DISCONNECT and stays disconnected (the broker keeps the session and queues QoS 1 messages for it) until
+    /// [`PersistentSubscriber::reconnect`]; returns once the connection is closed.
+    pub fn disconnect(&self) {
+        self.offline.store(true, Ordering::SeqCst);
+        let until = Instant::now() + Duration::from_secs(5);
+        while !self.parked.load(Ordering::SeqCst) {
+            assert!(Instant::now() < until, "the persistent subscriber did not disconnect");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Connects again after [`PersistentSubscriber::disconnect`] (same client id, no new SUBSCRIBE); returns once
+    /// the CONNACK arrived. Queued messages follow right after it: use [`PersistentSubscriber::wait_for`].
+    pub fn reconnect(&self) {
+        let n = self.connects();
+        self.offline.store(false, Ordering::SeqCst);
+        assert!(
+            self.wait_connects(n + 1, Duration::from_secs(10)),
+            "the persistent subscriber did not reconnect"
+        );
+    }
+
+    /// A copy of what arrived so far.
+    pub fn snapshot(&self) -> Vec<Received> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the messages so far, or the timeout passes; returns whether it held.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Received]) -> bool) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if pred(&self.snapshot()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pred(&self.snapshot())
+    }
+}
+
+impl Drop for PersistentSubscriber {
+    /// Stops the thread, which drops the connection without DISCONNECT; the broker keeps the session.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _joined = t.join();
+        }
+    }
+}
+
+/// A number unique in this test process (client ids: two clients with one id keep kicking each other off).
+pub fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The repository root.

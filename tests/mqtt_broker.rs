@@ -1,0 +1,372 @@
+//! The daemon against brokers that misbehave or demand credentials: password logins (good and rejected), TLS with
+//! a CA and client certificate made by `openssl` at test time (and a wrong CA), an ACL that denies a command
+//! topic, the broker killed with SIGKILL and restarted mid-stream, and the daemon killed with SIGKILL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Mosquitto, PersistentSubscriber, Received, Subscriber, root, toml_str};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sensebind")
+}
+
+/// One synthetic IMU sensor (10 windows a second); its only prompt is always on, so events cycle every
+/// `max_event_secs` (start, end `max_duration`, start again).
+fn config(device: &str, url: &str, state: &Path, mqtt_extra: &str) -> String {
+    format!(
+        r#"
+[device]
+id = "{device}"
+
+[runtime]
+state_dir = {state}
+stats_interval_secs = 1
+
+[models]
+dir = {models}
+
+[mqtt]
+url = "{url}"
+{mqtt_extra}
+
+[events]
+aggregate_windows = 1
+onset_k = 1
+onset_n = 1
+hold_secs = 0.0
+update_interval_secs = 3600
+
+[[sources]]
+type = "synthetic"
+name = "imu0"
+modality = "imu"
+rate_hz = 200.0
+window_secs = 0.5
+hop_secs = 0.1
+
+[[prompts]]
+id = "walking"
+text = "a person walking"
+max_event_secs = 0.3
+"#,
+        state = toml_str(state),
+        models = toml_str(&root().join("models/imagebind-tiny")),
+    )
+}
+
+fn start(dir: &Path, name: &str, text: &str, env: &[(&str, &str)]) -> (Child, std::path::PathBuf) {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .args(["--shutdown-timeout-secs", "5"])
+        .env("SENSEBIND_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().unwrap(), log)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn kill(child: &Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn term(child: &mut Child, log: &Path) {
+    kill(child, "-TERM");
+    let status = wait_exit(child, Duration::from_secs(10)).expect("exits after SIGTERM");
+    assert!(status.success(), "exit {status:?}:\n{}", read(log));
+}
+
+fn labels_seen(msgs: &[Received], dev: &str) -> usize {
+    msgs.iter()
+        .filter(|m| m.topic == format!("sensebind/{dev}/labels/imu0"))
+        .count()
+}
+
+#[test]
+fn password_login_works_and_a_rejected_one_is_a_clear_startup_error() {
+    let broker = Mosquitto::start_password("sensor", "s3cret-Pa55");
+    let tmp = tempfile::tempdir().unwrap();
+    let sub = common::Subscriber::start_with_login(broker.port, "sensebind/pw/#", "sensor", "s3cret-Pa55");
+    let extra = "username = \"sensor\"\npassword_env = \"TEST_MQTT_PASSWORD\"";
+    let text = config("pw", &broker.url(), &tmp.path().join("state"), extra);
+    let (mut child, log) = start(tmp.path(), "pw", &text, &[("TEST_MQTT_PASSWORD", "s3cret-Pa55")]);
+    assert!(
+        sub.wait_for(Duration::from_secs(60), |m| labels_seen(m, "pw") >= 2),
+        "{}",
+        read(&log)
+    );
+    term(&mut child, &log);
+    assert!(!read(&log).contains("s3cret-Pa55"), "the password was logged");
+
+    // The wrong password: exit 1 within seconds, saying why, without the password.
+    let (mut bad, bad_log) = start(tmp.path(), "pw-bad", &text, &[("TEST_MQTT_PASSWORD", "wrong-Pa55")]);
+    let status = wait_exit(&mut bad, Duration::from_secs(30)).expect("a rejected login stops the daemon");
+    assert_eq!(status.code(), Some(1), "{}", read(&bad_log));
+    let out = read(&bad_log);
+    assert!(
+        out.contains("rejected the user name or password") || out.contains("not authorised"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong-Pa55"), "the password was logged");
+}
+
+#[test]
+fn tls_with_a_private_ca_and_a_client_certificate() {
+    let certs = common::make_certs();
+    let broker = Mosquitto::start_tls(&certs, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[mqtt.tls]\nca_file = {}\nclient_cert = {}\nclient_key = {}",
+        toml_str(&certs.ca),
+        toml_str(&certs.client_cert),
+        toml_str(&certs.client_key)
+    );
+    let text = config("tls", &broker.tls_url(), &tmp.path().join("state"), &extra);
+    let (mut child, log) = start(tmp.path(), "tls", &text, &[]);
+    // Watch through the broker's log: the daemon's client connects over TLS and publishes; a plain subscriber
+    // cannot join a TLS-only listener, so check the daemon's own stats instead.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !read(&log).contains("Connected to the MQTT broker") {
+        assert!(
+            Instant::now() < until,
+            "no TLS connection:\n{}\n{}",
+            read(&log),
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    term(&mut child, &log);
+    let out = read(&log);
+    assert!(out.contains("tls=true"), "{out}");
+    assert!(!out.contains("PRIVATE KEY"), "key material logged");
+
+    // A CA that did not sign the server's certificate: a start-up error naming TLS.
+    let other = common::make_certs();
+    let extra = format!(
+        "[mqtt.tls]\nca_file = {}\nclient_cert = {}\nclient_key = {}",
+        toml_str(&other.ca),
+        toml_str(&certs.client_cert),
+        toml_str(&certs.client_key)
+    );
+    let text = config("tls", &broker.tls_url(), &tmp.path().join("state2"), &extra);
+    let (mut bad, bad_log) = start(tmp.path(), "tls-bad", &text, &[]);
+    let status = wait_exit(&mut bad, Duration::from_secs(30)).expect("a TLS failure stops the daemon");
+    assert_eq!(status.code(), Some(1), "{}", read(&bad_log));
+    assert!(read(&bad_log).contains("TLS failed"), "{}", read(&bad_log));
+
+    // A certificate path that does not exist: a configuration error (exit 64) naming the key.
+    let text = config(
+        "tls",
+        &broker.tls_url(),
+        &tmp.path().join("state3"),
+        "[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"",
+    );
+    let (mut missing, missing_log) = start(tmp.path(), "tls-missing", &text, &[]);
+    let status = wait_exit(&mut missing, Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(64), "{}", read(&missing_log));
+    assert!(
+        read(&missing_log).contains("mqtt.tls.ca_file"),
+        "{}",
+        read(&missing_log)
+    );
+}
+
+#[test]
+fn an_acl_that_denies_a_command_topic_is_reported_and_the_daemon_keeps_running() {
+    let acl = "user sensor\ntopic readwrite sensebind/acl/#\ntopic deny sensebind/acl/cmd\ntopic read homeassistant/#\ntopic write homeassistant/#\n";
+    // mosquitto's acl_file never refuses a SUBSCRIBE (2.0.x); its dynamic-security plugin does (SUBACK 0x80).
+    let broker = Mosquitto::start_dynsec("sensor", "pw-acl-1", acl);
+    let tmp = tempfile::tempdir().unwrap();
+    let sub = common::Subscriber::start_with_login(broker.port, "sensebind/acl/#", "sensor", "pw-acl-1");
+    let extra = "username = \"sensor\"\npassword_env = \"TEST_MQTT_PASSWORD\"";
+    let text = config("acl", &broker.url(), &tmp.path().join("state"), extra);
+    let (mut child, log) = start(tmp.path(), "acl", &text, &[("TEST_MQTT_PASSWORD", "pw-acl-1")]);
+    let denied = |m: &[Received]| {
+        m.iter().any(|r| {
+            r.topic == "sensebind/acl/stats"
+                && r.json()["mqtt"]["subscriptions_denied"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|f| f == "sensebind/acl/cmd"))
+        })
+    };
+    assert!(sub.wait_for(Duration::from_secs(60), denied), "{}", read(&log));
+    let n = labels_seen(&sub.snapshot(), "acl");
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| labels_seen(m, "acl") > n + 5),
+        "labels stopped"
+    );
+    assert!(read(&log).contains("refused these subscriptions"), "{}", read(&log));
+    term(&mut child, &log);
+}
+
+#[test]
+fn broker_killed_mid_stream_loses_no_event_and_state_is_right_after_reconnect() {
+    let mut broker = Mosquitto::start_persistent();
+    let tmp = tempfile::tempdir().unwrap();
+    let sub = PersistentSubscriber::start_on(broker.port, "test-persistent-events", "sensebind/bk/#");
+    let text = config("bk", &broker.url(), &tmp.path().join("state"), "queue_events = 100000");
+    let (mut child, log) = start(tmp.path(), "bk", &text, &[]);
+    let events = |m: &[Received]| m.iter().filter(|r| r.topic.starts_with("sensebind/bk/events/")).count();
+    assert!(
+        sub.wait_for(Duration::from_secs(60), |m| events(m) >= 6),
+        "{}",
+        read(&log)
+    );
+    // Kill the broker while events keep happening; they queue in the daemon.
+    let outage_start = std::time::SystemTime::now();
+    broker.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    let outage_end = std::time::SystemTime::now();
+    broker.restart();
+    let connects_before = sub.connects();
+    assert!(
+        sub.wait_for(Duration::from_secs(60), |m| m
+            .iter()
+            .filter(|r| r.topic == "sensebind/bk/stats")
+            .any(|r| r.json()["mqtt"]["connects_total"].as_u64() >= Some(2))),
+        "the daemon did not reconnect:\n{}",
+        read(&log)
+    );
+    assert!(sub.connects() >= connects_before);
+    std::thread::sleep(Duration::from_secs(2));
+    term(&mut child, &log);
+    std::thread::sleep(Duration::from_millis(500));
+    let msgs = sub.snapshot();
+    // Every (event id, message number) the daemon published arrived at least once, or was counted as dropped.
+    let mut seen: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut received = 0usize;
+    let mut during_outage = 0usize;
+    for m in msgs.iter().filter(|r| r.topic.starts_with("sensebind/bk/events/")) {
+        let v = m.json();
+        let ts = humantime::parse_rfc3339(v["ts"].as_str().unwrap()).unwrap();
+        if ts > outage_start && ts < outage_end {
+            during_outage += 1;
+        }
+        seen.entry(v["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(v["seq"].as_u64().unwrap());
+        received += 1;
+    }
+    let stats = msgs
+        .iter()
+        .rev()
+        .find(|r| r.topic == "sensebind/bk/stats")
+        .map(Received::json)
+        .unwrap();
+    let published =
+        stats["events"]["started_total"].as_u64().unwrap() + stats["events"]["ended_total"].as_u64().unwrap();
+    let dropped = stats["mqtt"]["dropped"]["events"].as_u64().unwrap();
+    let distinct: u64 = seen.values().map(|s| s.len() as u64).sum();
+    assert_eq!(
+        distinct + dropped,
+        published,
+        "distinct {distinct} + dropped {dropped} != published {published} (received {received})"
+    );
+    assert_eq!(dropped, 0, "the event queue is large enough for a 3 s outage");
+    assert!(
+        during_outage >= 4,
+        "only {during_outage} event messages were made while the broker was down"
+    );
+    for (id, seqs) in &seen {
+        assert_eq!(
+            seqs.iter().copied().collect::<Vec<_>>(),
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "{id}: messages missing"
+        );
+    }
+    assert!(stats["mqtt"]["connects_total"].as_u64().unwrap() >= 2);
+    eprintln!(
+        "broker outage: {} events, {received} messages received for {published} published ({during_outage} made during the outage), requeued {}, republish {} ms",
+        seen.len(),
+        stats["mqtt"]["requeued_total"],
+        stats["mqtt"]["last_republish_ms"]
+    );
+    // Retained state after the reconnect, as a new subscriber sees it: the daemon stopped cleanly.
+    let late = Subscriber::start(broker.port, "sensebind/bk/#");
+    assert!(late.wait_for(Duration::from_secs(5), |m| {
+        m.iter()
+            .any(|r| r.topic == "sensebind/bk/availability" && r.payload == b"offline")
+            && m.iter()
+                .any(|r| r.topic == "sensebind/bk/label/walking/state" && r.payload == b"OFF")
+            && m.iter()
+                .any(|r| r.topic == "sensebind/bk/sensor/imu0/status" && r.payload == b"online")
+    }));
+}
+
+#[test]
+fn daemon_killed_gets_its_will_and_the_open_event_is_closed_on_restart() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(broker.port, "sensebind/kl/#");
+    // A long max duration: the event is open when the daemon dies.
+    let text = config("kl", &broker.url(), &tmp.path().join("state"), "")
+        .replace("max_event_secs = 0.3", "max_event_secs = 3600");
+    let (mut child, log) = start(tmp.path(), "kl", &text, &[]);
+    assert!(
+        sub.wait_for(Duration::from_secs(60), |m| m
+            .iter()
+            .any(|r| r.topic == "sensebind/kl/events/imu0/walking")),
+        "{}",
+        read(&log)
+    );
+    let started = sub
+        .snapshot()
+        .iter()
+        .find(|r| r.topic == "sensebind/kl/events/imu0/walking")
+        .unwrap()
+        .json();
+    kill(&child, "-KILL");
+    wait_exit(&mut child, Duration::from_secs(5)).unwrap();
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| m
+            .iter()
+            .any(|r| r.topic == "sensebind/kl/availability" && r.payload == b"offline")),
+        "the broker did not publish the Will"
+    );
+    // On restart the event left open ends (`restart`), and the label state is corrected.
+    let (mut again, again_log) = start(tmp.path(), "kl2", &text, &[]);
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert!(
+        sub.wait_for(Duration::from_secs(60), |m| m.iter().any(|r| {
+            let v = r.json();
+            v["id"] == id.as_str() && v["type"] == "end" && v["end_reason"] == "restart"
+        })),
+        "{}",
+        read(&again_log)
+    );
+    term(&mut again, &again_log);
+}
