@@ -75,6 +75,9 @@ fn counter(port: u16, filter: &str) -> Arc<AtomicU64> {
                 opts.set_max_packet_size(1 << 20, 1 << 20);
                 opts.set_inflight(1000);
                 let (client, mut ev) = rumqttc::AsyncClient::new(opts, 100);
+                let mut net = ev.network_options();
+                net.set_tcp_nodelay(true);
+                ev.set_network_options(net);
                 client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.unwrap();
                 let mut ready = Some(ready_tx);
                 loop {
@@ -183,6 +186,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let bytes = if qos1 { event.len() } else { payload.len() };
+        let acked_before = stats.acked_total.load(Ordering::Relaxed);
         let t = Instant::now();
         for _ in 0..messages {
             outbox.push(if qos1 {
@@ -191,15 +195,42 @@ async fn main() {
                 OutMessage::embedding(topic.into(), payload.clone())
             });
         }
-        while received.load(Ordering::Relaxed) < messages && t.elapsed() < Duration::from_secs(120) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // QoS 0: until the subscriber has every message. QoS 1: until the broker acknowledged every message (the
+        // subscriber's own QoS 1 rate is mosquitto's business: 20 in flight per client by default).
+        let done = || {
+            if qos1 {
+                stats.acked_total.load(Ordering::Relaxed) - acked_before >= messages
+            } else {
+                received.load(Ordering::Relaxed) >= messages
+            }
+        };
+        while !done() && t.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let secs = t.elapsed().as_secs_f64();
-        let got = received.load(Ordering::Relaxed);
+        let got = if qos1 {
+            stats.acked_total.load(Ordering::Relaxed) - acked_before
+        } else {
+            received.load(Ordering::Relaxed)
+        };
         println!(
-            "{name}: {got}/{messages} received in {secs:.2} s = {:.0} msg/s, {:.1} MB/s ({bytes} bytes each)",
+            "{name}: {got}/{messages} {} in {secs:.2} s = {:.0} msg/s, {:.1} MB/s ({bytes} bytes each)",
+            if qos1 {
+                "acknowledged by the broker"
+            } else {
+                "received by the subscriber"
+            },
             got as f64 / secs,
             got as f64 * bytes as f64 / secs / 1e6
+        );
+        eprintln!(
+            "  handed over {}, queued {}, acked {}, connects {}, errors {}, requeued {}",
+            outbox.sent_total(),
+            outbox.len(),
+            stats.acked_total.load(Ordering::Relaxed) - acked_before,
+            stats.connects_total.load(Ordering::Relaxed),
+            stats.errors_total.load(Ordering::Relaxed),
+            outbox.requeued.load(Ordering::Relaxed)
         );
         outbox.close();
         stop_tx.send(true).unwrap();

@@ -163,6 +163,8 @@ pub struct MqttStats {
     pub connects_total: AtomicU64,
     /// Connection errors.
     pub errors_total: AtomicU64,
+    /// QoS ≥ 1 messages the broker acknowledged.
+    pub acked_total: AtomicU64,
     /// Commands received on the command topics.
     pub commands_total: AtomicU64,
     /// Commands dropped because the controller's queue was full.
@@ -303,6 +305,10 @@ pub async fn run(
 ) {
     let (outbox, stats) = (Arc::clone(&conn.outbox), Arc::clone(&conn.stats));
     let (client, mut eventloop) = AsyncClient::new(options(&settings), CLIENT_CHANNEL);
+    // Small QoS 1 messages (events, states) must not wait for Nagle's algorithm and the broker's delayed ACK.
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let availability = settings.topics.availability();
     let mut backoff = Duration::from_millis(500);
     let mut logged_error = false;
@@ -477,6 +483,7 @@ fn acked(track: &mut Tracking, pkid: u16, stats: &MqttStats, republish: &mut Opt
     let Some((_, msg)) = track.unacked.remove(&pkid) else {
         return;
     };
+    stats.acked_total.fetch_add(1, Ordering::Relaxed);
     if msg.retain
         && msg.class == Class::State
         && let Some((since, left)) = republish.as_mut()

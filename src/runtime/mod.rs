@@ -206,6 +206,7 @@ impl Metrics {
             "sent_total": self.outbox.as_ref().map_or(0, |o| o.sent_total()),
             "requeued_total": self.outbox.as_ref().map_or(0, |o| r(&o.requeued)),
             "superseded_total": self.outbox.as_ref().map_or(0, |o| r(&o.classes[Class::State as usize].superseded)),
+            "acked_total": r(&m.acked_total),
             "republished_total": r(&m.republished_total),
             "last_republish_ms": r(&m.last_republish_ms),
             "commands_total": r(&m.commands_total),
