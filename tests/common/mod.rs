@@ -3,6 +3,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test binaries
 
+pub mod schema;
+pub use schema::{schema_for_topic, validate};
+
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
