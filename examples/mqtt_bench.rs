@@ -20,7 +20,11 @@ fn start_broker(dir: &std::path::Path, port: u16) -> Child {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nuser root\n"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nuser root\n{}",
+            // BROKER_NODELAY=1: mosquitto's set_tcp_nodelay (its acknowledgements then skip Nagle's delay).
+            if std::env::var_os("BROKER_NODELAY").is_some() { "set_tcp_nodelay true\n" } else { "" }
+        ),
     )
     .unwrap();
     let child = Command::new("mosquitto")
@@ -235,6 +239,30 @@ async fn main() {
         outbox.close();
         stop_tx.send(true).unwrap();
         let _finished = tokio::time::timeout(Duration::from_secs(5), task).await.is_ok();
+    }
+
+    // The peer, in the same run: mosquitto's own C client publishing the same event lines (`mosquitto_pub -l`:
+    // one message per stdin line; it disconnects once every QoS 1 message is acknowledged).
+    for qos in ["0", "1"] {
+        let lines: Vec<u8> = (0..messages).flat_map(|_| event.iter().copied().chain(std::iter::once(b'\n'))).collect();
+        let t = Instant::now();
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "sensebind/bench/peer", "-q", qos, "-l"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub (mosquitto-clients)");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&lines).unwrap();
+        }
+        let status = child.wait().unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "peer: mosquitto_pub -q {qos} -l, same {} byte events: {messages} in {secs:.2} s = {:.0} msg/s ({status})",
+            event.len(),
+            messages as f64 / secs
+        );
     }
 
     println!("## Broker restart → all retained state republished ({retained} retained topics)");

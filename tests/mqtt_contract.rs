@@ -132,38 +132,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Publishes one message (QoS 1) and waits for the broker's acknowledgement.
-fn publish(port: u16, topic: &str, payload: &[u8], retain: bool) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut opts = rumqttc::MqttOptions::new(
-            format!("test-pub-{}-{}", std::process::id(), common::next_id()),
-            "127.0.0.1",
-            port,
-        );
-        opts.set_max_packet_size(4 << 20, 4 << 20);
-        let (client, mut events) = rumqttc::AsyncClient::new(opts, 4);
-        client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
-            .await
-            .unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < until, "no PUBACK for {topic}");
-            if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) =
-                tokio::time::timeout(Duration::from_millis(200), events.poll()).await
-            {
-                break;
-            }
-        }
-        let _bye = client.disconnect().await;
-        let _flush = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
-    });
-}
-
 fn text(m: &Received) -> String {
     String::from_utf8_lossy(&m.payload).into_owned()
 }
@@ -183,10 +151,10 @@ fn responses(msgs: &[Received], dev: &str) -> Vec<serde_json::Value> {
 fn validate_all(msgs: &[Received]) -> usize {
     let mut n = 0;
     for m in msgs {
-        if let Some(schema) = common::schema_for_topic(&m.topic)
+        if let Some(schema) = common::schema::schema_for_topic(&m.topic)
             && !m.payload.is_empty()
         {
-            common::validate(schema, &m.json()).unwrap_or_else(|e| panic!("{}: {e}\n{}", m.topic, text(m)));
+            common::schema::validate(schema, &m.json()).unwrap_or_else(|e| panic!("{}: {e}\n{}", m.topic, text(m)));
             n += 1;
         }
     }
@@ -271,7 +239,7 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
     assert_eq!(disc["avty"][0]["t"], "sensebind/st/availability");
     // Home Assistant restarting: discovery comes again.
     let before = ha.snapshot().len();
-    publish(broker.port, "homeassistant/status", b"online", false);
+    common::publish(broker.port, "homeassistant/status", b"online", false);
     assert!(
         ha.wait_for(Duration::from_secs(5), |m| m.len() > before),
         "discovery not re-sent on HA birth"
@@ -340,7 +308,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
     // A retained command waiting on the broker (MQTT 3.1.1 marks a message retained only when it is delivered
     // from the broker's store, i.e. on subscribe): refused, not replayed.
     let set = "sensebind/pu/prompts/set";
-    publish(
+    common::publish(
         broker.port,
         set,
         br#"{"upsert": [{"id": "glass", "text": "glass breaking"}]}"#,
@@ -363,7 +331,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
         responses(&sub.snapshot(), "pu").pop().unwrap()
     };
     let rejected = |n: usize, payload: &[u8], retain: bool, expect: &str| {
-        publish(broker.port, set, payload, retain);
+        common::publish(broker.port, set, payload, retain);
         let r = wait_responses(n);
         assert_eq!(r["ok"], false, "{r}");
         let errors: Vec<&str> = r["errors"]
@@ -387,7 +355,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
         "{r}"
     );
     // Clearing it (an empty retained message) is not a command.
-    publish(broker.port, set, b"", true);
+    common::publish(broker.port, set, b"", true);
     rejected(2, b"{\"upsert\": [", false, "not a valid prompt update");
     rejected(
         3,
@@ -437,7 +405,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
     let ps = last_on(&sub.snapshot(), "sensebind/pu/prompts/state").unwrap().json();
     assert_eq!(ps["prompts"].as_array().unwrap().len(), 1);
     // A good update: applied, with a new revision, label topics and a response naming the request.
-    publish(
+    common::publish(
         broker.port,
         set,
         br#"{"request_id": "r-42", "rev_expected": 0, "upsert": [{"id": "glass", "text": "glass breaking", "threshold": 0.9}]}"#,
@@ -475,11 +443,11 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
         "revision 1, not 0",
     );
     // Switch a label off and back on.
-    publish(broker.port, "sensebind/pu/label/glass/enabled/set", b"OFF", false);
+    common::publish(broker.port, "sensebind/pu/label/glass/enabled/set", b"OFF", false);
     assert!(sub.wait_for(Duration::from_secs(5), |m| {
         last_on(m, "sensebind/pu/label/glass/enabled/state").is_some_and(|r| r.payload == b"OFF")
     }));
-    publish(broker.port, "sensebind/pu/sensor/imu0/enabled/set", b"maybe", false);
+    common::publish(broker.port, "sensebind/pu/sensor/imu0/enabled/set", b"maybe", false);
     let r = wait_responses(13);
     assert!(r["errors"].to_string().contains("payload must be ON or OFF"), "{r}");
     d.stop();
@@ -499,7 +467,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
     assert_eq!(ps["prompts"][1]["id"], "glass");
     assert_eq!(ps["prompts"][1]["enabled"], false);
     // Deleting a prompt clears its retained topics and removes its Home Assistant entities.
-    publish(broker.port, set, br#"{"delete": ["glass"]}"#, false);
+    common::publish(broker.port, set, br#"{"delete": ["glass"]}"#, false);
     assert!(sub2.wait_for(Duration::from_secs(20), |m| {
         responses(m, "pu").iter().any(|r| r["ok"] == true)
     }));

@@ -498,3 +498,46 @@ fn acked(track: &mut Tracking, pkid: u16, stats: &MqttStats, republish: &mut Opt
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_files_that_are_missing_or_not_pem_are_errors_naming_the_key_and_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let missing = dir.path().join("nope.pem");
+        let e = tls_settings(Some(&missing), None).err().unwrap_or_default();
+        assert!(e.starts_with("mqtt.tls.ca_file: cannot read") && e.contains("nope.pem"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap_or_else(|e| panic!("{e}"));
+        let e = tls_settings(Some(&junk), None).err().unwrap_or_default();
+        assert!(e.contains("contains no certificate"), "{e}");
+        // A client key file without a key.
+        if let Ok(system) = tls_settings(None, None) {
+            assert_eq!(system.roots, "system");
+            let e = tls_settings(None, Some((&junk, &junk))).err().unwrap_or_default();
+            assert!(e.starts_with("mqtt.tls.client_cert"), "{e}");
+        }
+    }
+
+    #[test]
+    fn settings_debug_never_shows_the_password() {
+        let s = MqttSettings {
+            broker: BrokerUrl {
+                host: "h".into(),
+                port: 1,
+                tls: false,
+            },
+            client_id: "c".into(),
+            keep_alive: Duration::from_secs(1),
+            username: Some("u".into()),
+            password: Some("hunter2-secret".into()),
+            tls: None,
+            topics: Topics::new("p", "d"),
+            subscriptions: Vec::new(),
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+    }
+}

@@ -4,7 +4,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test binaries
 
 pub mod schema;
-pub use schema::{schema_for_topic, validate};
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -786,6 +785,43 @@ impl Drop for PersistentSubscriber {
             let _joined = t.join();
         }
     }
+}
+
+/// Publishes one message (QoS 1) and waits for the broker's acknowledgement.
+pub fn publish(port: u16, topic: &str, payload: &[u8], retain: bool) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut opts = rumqttc::MqttOptions::new(
+            format!("test-pub-{}-{}", std::process::id(), next_id()),
+            "127.0.0.1",
+            port,
+        );
+        opts.set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 4);
+        client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
+            .await
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < until, "no PUBACK for {topic}");
+            if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) =
+                tokio::time::timeout(Duration::from_millis(200), events.poll()).await
+            {
+                break;
+            }
+        }
+        let _bye = client.disconnect().await;
+        let _flush = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+    });
+}
+
+/// Publishes one non-retained QoS 1 message.
+pub fn publish_once(port: u16, topic: &str, payload: &[u8]) {
+    publish(port, topic, payload, false);
 }
 
 /// A number unique in this test process (client ids: two clients with one id keep kicking each other off).
