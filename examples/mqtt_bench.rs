@@ -227,7 +227,7 @@ async fn main() {
             got as f64 / secs,
             got as f64 * bytes as f64 / secs / 1e6
         );
-        eprintln!(
+        println!(
             "  handed over {}, queued {}, acked {}, connects {}, errors {}, requeued {}",
             outbox.sent_total(),
             outbox.len(),
@@ -244,10 +244,22 @@ async fn main() {
     // The peer, in the same run: mosquitto's own C client publishing the same event lines (`mosquitto_pub -l`:
     // one message per stdin line; it disconnects once every QoS 1 message is acknowledged).
     for qos in ["0", "1"] {
-        let lines: Vec<u8> = (0..messages).flat_map(|_| event.iter().copied().chain(std::iter::once(b'\n'))).collect();
+        let lines: Vec<u8> = (0..messages)
+            .flat_map(|_| event.iter().copied().chain(std::iter::once(b'\n')))
+            .collect();
         let t = Instant::now();
         let mut child = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "sensebind/bench/peer", "-q", qos, "-l"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "sensebind/bench/peer",
+                "-q",
+                qos,
+                "-l",
+            ])
             .stdin(Stdio::piped())
             .spawn()
             .expect("mosquitto_pub (mosquitto-clients)");

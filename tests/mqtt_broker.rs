@@ -267,19 +267,34 @@ fn broker_killed_mid_stream_loses_no_event_and_state_is_right_after_reconnect() 
     let fresh = Subscriber::start(broker.port, "sensebind/bk/#");
     assert!(
         fresh.wait_for(Duration::from_secs(10), |m| {
-            ["availability", "info", "prompts/state", "sensor/imu0/status", "label/walking/state"]
-                .iter()
-                .all(|t| m.iter().any(|r| r.retain && r.topic == format!("sensebind/bk/{t}")))
+            [
+                "availability",
+                "info",
+                "prompts/state",
+                "sensor/imu0/status",
+                "label/walking/state",
+            ]
+            .iter()
+            .all(|t| m.iter().any(|r| r.retain && r.topic == format!("sensebind/bk/{t}")))
         }),
         "retained state after the reconnect: {:?}",
         fresh.snapshot().iter().map(|r| r.topic.clone()).collect::<Vec<_>>()
     );
-    assert!(fresh.snapshot().iter().any(|r| r.topic == "sensebind/bk/availability" && r.payload == b"online"));
-    common::publish_once(broker.port, "sensebind/bk/cmd", br#"{"cmd": "get_info", "request_id": "after-restart"}"#);
     assert!(
-        fresh.wait_for(Duration::from_secs(10), |m| m
+        fresh
+            .snapshot()
             .iter()
-            .any(|r| r.topic == "sensebind/bk/cmd/response" && r.json()["request_id"] == "after-restart")),
+            .any(|r| r.topic == "sensebind/bk/availability" && r.payload == b"online")
+    );
+    common::publish_once(
+        broker.port,
+        "sensebind/bk/cmd",
+        br#"{"cmd": "get_info", "request_id": "after-restart"}"#,
+    );
+    assert!(
+        fresh.wait_for(Duration::from_secs(10), |m| m.iter().any(|r| r.topic
+            == "sensebind/bk/cmd/response"
+            && r.json()["request_id"] == "after-restart")),
         "no command response after the reconnect (not resubscribed?)"
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -331,7 +346,11 @@ fn broker_killed_mid_stream_loses_no_event_and_state_is_right_after_reconnect() 
     assert!(stats["mqtt"]["connects_total"].as_u64().unwrap() >= 2);
     // The whole retained state went out again on the reconnect (availability, info, config, prompts, sensor x2,
     // label x2, discovery: 9 topics; on the first connect the controller had not published any yet).
-    assert!(stats["mqtt"]["republished_total"].as_u64().unwrap() >= 9, "{}", stats["mqtt"]);
+    assert!(
+        stats["mqtt"]["republished_total"].as_u64().unwrap() >= 9,
+        "{}",
+        stats["mqtt"]
+    );
     eprintln!(
         "broker outage: {} events, {received} messages received for {published} published ({during_outage} made during the outage), requeued {}, republish {} ms",
         seen.len(),

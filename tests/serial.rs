@@ -173,6 +173,16 @@ text = "a phone lying on a table"
             .is_some_and(|s| s["online"] == false && s["lost_total"] == 1)
     });
     assert!(offline, "not offline after unplug: {:?}\n{}", imu_stats(&sub), log());
+    // The retained sensor status follows.
+    let status = |want: &[u8]| {
+        sub.wait_for(Duration::from_secs(5), |m| {
+            m.iter()
+                .rev()
+                .find(|r| r.topic == "sensebind/serial/sensor/imu0/status")
+                .is_some_and(|r| r.payload == want)
+        })
+    };
+    assert!(status(b"offline"), "sensor status not offline");
     assert!(daemon.try_wait().unwrap().is_none(), "the daemon stopped:\n{}", log());
     let before = imu_stats(&sub).last().unwrap()["samples_total"].as_u64().unwrap();
 
@@ -185,6 +195,33 @@ text = "a phone lying on a table"
             .is_some_and(|s| s["online"] == true && s["samples_total"].as_u64() > Some(before + 200))
     });
     assert!(back, "not back after replug: {:?}\n{}", imu_stats(&sub), log());
+    assert!(status(b"online"), "sensor status not online again");
+    // Right after the replug the readings that queued in the pty arrive in a burst; then the rate settles.
+    let settled = sub.wait_for(Duration::from_secs(10), |_| {
+        imu_stats(&sub)
+            .last()
+            .and_then(|s| s["rate_hz"].as_f64())
+            .is_some_and(|r| (100.0..=260.0).contains(&r))
+    });
+    assert!(settled, "measured rate not near the 192 readings/s fed: {:?}", imu_stats(&sub).last());
+    assert_eq!(
+        imu_stats(&sub).last().unwrap()["gaps_total"],
+        0,
+        "no gap yet: the outage is a loss, not a gap"
+    );
+
+    // The device stays open but goes quiet for 1.2 s: one gap of about that length.
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    stop.store(false, Ordering::Relaxed);
+    let writer = feeder(tmp.path().join("feed"), Arc::clone(&stop));
+    let gap = sub.wait_for(Duration::from_secs(10), |_| {
+        imu_stats(&sub)
+            .last()
+            .is_some_and(|s| s["gaps_total"] == 1 && s["max_gap_ms"].as_u64() >= Some(1000))
+    });
+    assert!(gap, "gap not reported: {:?}", imu_stats(&sub).last());
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
 

@@ -508,7 +508,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let missing = dir.path().join("nope.pem");
         let e = tls_settings(Some(&missing), None).err().unwrap_or_default();
-        assert!(e.starts_with("mqtt.tls.ca_file: cannot read") && e.contains("nope.pem"), "{e}");
+        assert!(
+            e.starts_with("mqtt.tls.ca_file: cannot read") && e.contains("nope.pem"),
+            "{e}"
+        );
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate\n").unwrap_or_else(|e| panic!("{e}"));
         let e = tls_settings(Some(&junk), None).err().unwrap_or_default();

@@ -135,25 +135,85 @@ pub struct SourceStats {
     pub lost_total: AtomicU64,
     /// The device is not open right now (hardware sources; recordings are never offline).
     pub offline: AtomicBool,
+    /// Samples per second over the last full second, in milli-hertz.
+    pub rate_mhz: AtomicU64,
+    /// When the last sample was pushed (monotonic ns; 0 before the first).
+    pub last_push_ns: AtomicU64,
+    /// Gaps in the sample timestamps longer than the source's gap threshold (sources with a nominal rate).
+    pub gaps_total: AtomicU64,
+    /// The longest such gap, milliseconds.
+    pub max_gap_ms: AtomicU64,
 }
 
-/// Where a source puts its samples: the ring's producer plus a wake-up for the window thread.
+impl SourceStats {
+    /// The measured rate in Hz: 0 when no sample arrived for two seconds.
+    pub fn rate_hz(&self) -> f64 {
+        let last = self.last_push_ns.load(Ordering::Relaxed);
+        if last == 0 || crate::clock::now().0.saturating_sub(last) > 2_000_000_000 {
+            return 0.0;
+        }
+        self.rate_mhz.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+/// Where a source puts its samples: the ring's producer plus a wake-up for the window thread. It also measures the
+/// sample rate and, for sources that declare a nominal rate, gaps in the sample timestamps.
 #[derive(Debug)]
 pub struct SourceOutput {
     ring: RingProducer<Sample>,
     wake: Option<std::thread::Thread>,
     stats: Arc<SourceStats>,
+    rate_window: (std::time::Instant, u64),
+    last_t: Option<crate::clock::Timestamp>,
+    gap_after: Option<Duration>,
 }
 
 impl SourceOutput {
     /// Wraps a ring producer; `wake` is the thread to unpark after each push.
     pub fn new(ring: RingProducer<Sample>, wake: Option<std::thread::Thread>, stats: Arc<SourceStats>) -> Self {
-        Self { ring, wake, stats }
+        Self {
+            ring,
+            wake,
+            stats,
+            rate_window: (std::time::Instant::now(), 0),
+            last_t: None,
+            gap_after: None,
+        }
+    }
+
+    /// Declares the source's nominal rate: a step between consecutive sample timestamps longer than five periods
+    /// (at least 100 ms) is then counted as a gap.
+    pub fn expect_rate(&mut self, rate_hz: f64) {
+        if rate_hz.is_finite() && rate_hz > 0.0 {
+            self.gap_after = Some(Duration::from_secs_f64((5.0 / rate_hz).max(0.1)));
+        }
     }
 
     /// Pushes a sample; never blocks (the ring drops its oldest sample when full).
     pub fn push(&mut self, sample: Sample) {
         self.stats.samples_total.fetch_add(1, Ordering::Relaxed);
+        let t = sample.time();
+        if let (Some(prev), Some(gap)) = (self.last_t, self.gap_after) {
+            let step = t.since(prev);
+            if step > gap {
+                self.stats.gaps_total.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .max_gap_ms
+                    .fetch_max(u64::try_from(step.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
+        }
+        self.last_t = Some(t);
+        let (since, count) = &mut self.rate_window;
+        *count += 1;
+        let elapsed = since.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let mhz = (*count as f64 * 1000.0 / elapsed.as_secs_f64()) as u64;
+            self.stats.rate_mhz.store(mhz, Ordering::Relaxed);
+            self.rate_window = (std::time::Instant::now(), 0);
+        }
+        self.stats
+            .last_push_ns
+            .store(crate::clock::now().0.max(1), Ordering::Relaxed);
         self.ring.push(sample);
         if let Some(t) = &self.wake {
             t.unpark();
@@ -177,9 +237,14 @@ impl SourceOutput {
         self.stats.lost_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Marks the device open or not.
-    pub fn set_online(&self, online: bool) {
+    /// Marks the device open or not. A device that comes back starts a new stream: the outage is counted in
+    /// `lost_total`, not as a gap.
+    pub fn set_online(&mut self, online: bool) {
         self.stats.offline.store(!online, Ordering::Relaxed);
+        if online {
+            self.last_t = None;
+            self.rate_window = (std::time::Instant::now(), 0);
+        }
     }
 }
 

@@ -250,6 +250,7 @@ impl Source for SerialImuSource {
         let path = self.config.path.display().to_string();
         let mut backoff = BACKOFF_MIN;
         let mut stamper = Stamper::new(self.config.rate_hz);
+        out.expect_rate(self.config.rate_hz);
         let mut buf = vec![0u8; 4096];
         let mut was_online = false;
         while !stop.is_raised() {
