@@ -203,7 +203,11 @@ text = "a phone lying on a table"
             .and_then(|s| s["rate_hz"].as_f64())
             .is_some_and(|r| (100.0..=260.0).contains(&r))
     });
-    assert!(settled, "measured rate not near the 192 readings/s fed: {:?}", imu_stats(&sub).last());
+    assert!(
+        settled,
+        "measured rate not near the 192 readings/s fed: {:?}",
+        imu_stats(&sub).last()
+    );
     assert_eq!(
         imu_stats(&sub).last().unwrap()["gaps_total"],
         0,

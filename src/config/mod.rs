@@ -449,8 +449,16 @@ pub struct SerialSourceConfig {
     /// csv: unit of the angular-rate fields.
     #[serde(default = "default_gyro_unit")]
     pub gyro_unit: crate::preprocess::imu::GyroUnit,
-    /// The device's nominal output rate: spaces the readings of a burst until the rate has been measured, and
-    /// sizes the ring.
+    /// csv: 0-based field of the device's own timestamp, if it sends one. Readings are then timed by the device's
+    /// clock (mapped onto the daemon's: the offset follows the lowest observed transfer delay, and is re-anchored
+    /// when the device clock jumps by more than a second or runs backwards), not by arrival.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_column: Option<usize>,
+    /// csv: unit of `time_column`: `s`, `ms`, `us` or `ns`.
+    #[serde(default = "default_time_unit")]
+    pub time_unit: crate::preprocess::imu::TimeUnit,
+    /// The device's nominal output rate: spaces the readings of a burst until the rate has been measured, sizes
+    /// the ring, and sets the gap threshold (five periods).
     #[serde(default = "default_serial_rate")]
     pub rate_hz: f64,
     /// Window length in seconds (default 5).
@@ -461,6 +469,9 @@ pub struct SerialSourceConfig {
     pub hop_secs: Option<f64>,
 }
 
+fn default_time_unit() -> crate::preprocess::imu::TimeUnit {
+    crate::preprocess::imu::TimeUnit::Ms
+}
 fn default_baud() -> u32 {
     115_200
 }
@@ -1468,6 +1479,21 @@ fn validate(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Vec<ConfigIssue
                 }
                 if sc.path.as_os_str().is_empty() {
                     push(p("path"), "needs the port's path, e.g. /dev/ttyUSB0".into());
+                }
+                if let Some(tc) = sc.time_column {
+                    if sc.protocol != SerialProtocol::Csv {
+                        push(
+                            p("time_column"),
+                            "only the csv protocol carries a device timestamp".into(),
+                        );
+                    }
+                    let used = sc.acc_columns.iter().chain(sc.gyro_columns.iter().flatten());
+                    if used.clone().any(|&c| c == tc) {
+                        push(
+                            p("time_column"),
+                            format!("field {tc} is also an acceleration or angular-rate field"),
+                        );
+                    }
                 }
             }
         }

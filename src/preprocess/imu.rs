@@ -78,7 +78,8 @@ pub enum TimeUnit {
 }
 
 impl TimeUnit {
-    fn seconds(self) -> f64 {
+    /// Seconds per unit.
+    pub fn seconds(self) -> f64 {
         match self {
             TimeUnit::S => 1.0,
             TimeUnit::Ms => 1e-3,

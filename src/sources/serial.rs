@@ -10,7 +10,9 @@
 //! `garbage_bytes_total`. A line longer than 256 bytes is discarded whole.
 //!
 //! Readings are stamped on arrival. A read returns a burst; the burst's readings are spread back from the arrival
-//! time at the rate measured over the last second (the configured `rate_hz` until then), always increasing.
+//! time at the rate measured over the last second (the configured `rate_hz` until then), always increasing. A CSV
+//! device that sends its own timestamp (`time_column`, `time_unit`) is timed by it instead ([`DeviceClock`]).
+//! Steps between consecutive readings longer than five nominal periods are counted as gaps (`stats/1`).
 //!
 //! Device loss: a read error or end of stream marks the source offline (`online = false` in `stats/1`, counted in
 //! `lost_total`), and the port is reopened with a capped backoff (0.2 s doubling to 5 s) until it returns.
@@ -35,6 +37,8 @@ pub struct Decoded {
     pub readings: Vec<[f32; 6]>,
     /// Bytes skipped: unparsable lines, bytes outside frames, frames with a bad checksum.
     pub garbage_bytes: u64,
+    /// The device's timestamp of each reading, seconds (csv with `time_column` only; else empty).
+    pub device_times: Vec<f64>,
 }
 
 /// A stream decoder: bytes in, readings out; keeps partial lines or frames between calls.
@@ -52,9 +56,16 @@ pub struct LineDecoder {
     gyro: Option<[usize; 3]>,
     acc_scale: f32,
     gyro_scale: f32,
+    time: Option<(usize, f64)>,
 }
 
 impl LineDecoder {
+    /// Also reads the device's timestamp from field `field` in `unit` (every line must then carry one).
+    pub fn with_time(mut self, field: usize, unit: crate::preprocess::imu::TimeUnit) -> Self {
+        self.time = Some((field, unit.seconds()));
+        self
+    }
+
     /// A decoder taking acceleration from fields `acc` and angular rate from `gyro` (none: zero).
     pub fn new(acc: [usize; 3], gyro: Option<[usize; 3]>, acc_unit: AccUnit, gyro_unit: GyroUnit) -> Self {
         Self {
@@ -71,10 +82,11 @@ impl LineDecoder {
                 GyroUnit::RadPerSecond => 1.0,
                 GyroUnit::DegPerSecond => std::f32::consts::PI / 180.0,
             },
+            time: None,
         }
     }
 
-    fn parse_line(&self, line: &[u8]) -> Option<[f32; 6]> {
+    fn parse_line(&self, line: &[u8]) -> Option<([f32; 6], Option<f64>)> {
         let text = std::str::from_utf8(line).ok()?;
         let fields: Vec<&str> = text
             .split([',', ';', '\t', ' '])
@@ -91,7 +103,18 @@ impl LineDecoder {
                 v[3 + k] = field(i)? * self.gyro_scale;
             }
         }
-        Some(v)
+        let t = match self.time {
+            Some((i, scale)) => {
+                let raw = fields
+                    .get(i)?
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite() && *t >= 0.0)?;
+                Some(raw * scale)
+            }
+            None => None,
+        };
+        Some((v, t))
     }
 }
 
@@ -104,7 +127,12 @@ impl Decoder for LineDecoder {
                     out.garbage_bytes += self.line.len() as u64 + 1;
                 } else if !line.iter().all(u8::is_ascii_whitespace) {
                     match self.parse_line(line) {
-                        Some(v) => out.readings.push(v),
+                        Some((v, t)) => {
+                            out.readings.push(v);
+                            if let Some(t) = t {
+                                out.device_times.push(t);
+                            }
+                        }
                         None => out.garbage_bytes += self.line.len() as u64 + 1,
                     }
                 }
@@ -180,12 +208,18 @@ impl Decoder for WitMotionDecoder {
 /// The decoder a source's configuration asks for.
 pub fn decoder(config: &SerialSourceConfig) -> Box<dyn Decoder> {
     match config.protocol {
-        SerialProtocol::Csv => Box::new(LineDecoder::new(
-            config.acc_columns,
-            config.gyro_columns,
-            config.acc_unit,
-            config.gyro_unit,
-        )),
+        SerialProtocol::Csv => {
+            let d = LineDecoder::new(
+                config.acc_columns,
+                config.gyro_columns,
+                config.acc_unit,
+                config.gyro_unit,
+            );
+            Box::new(match config.time_column {
+                Some(field) => d.with_time(field, config.time_unit),
+                None => d,
+            })
+        }
         SerialProtocol::Witmotion => Box::new(WitMotionDecoder::new()),
     }
 }
@@ -228,6 +262,49 @@ impl Stamper {
     }
 }
 
+/// Maps a device's clock onto the daemon's monotonic clock. The offset is the smallest `arrival - device time`
+/// seen (the reading with the least transfer delay), so it only moves earlier; a device clock that jumps (more
+/// than a second off arrival) or runs backwards re-anchors it. Timestamps never exceed their arrival and always
+/// increase.
+#[derive(Debug, Default)]
+pub struct DeviceClock {
+    offset_ns: Option<i128>,
+    last: u64,
+    /// Times the offset was re-anchored because the device clock jumped or went backwards.
+    pub reanchors: u64,
+}
+
+impl DeviceClock {
+    /// The daemon time of a reading the device stamped `device_s` seconds, which arrived at `arrival`.
+    pub fn map(&mut self, arrival: Timestamp, device_s: f64) -> Timestamp {
+        let dev = (device_s * 1e9).round() as i128;
+        let arr = i128::from(arrival.0);
+        let t = match self.offset_ns {
+            Some(o) => {
+                let t = dev + o;
+                if t > arr {
+                    // Less transfer delay than ever seen: the offset moves earlier.
+                    self.offset_ns = Some(arr - dev);
+                    arr
+                } else if arr - t > 1_000_000_000 || t <= i128::from(self.last) - 1_000_000_000 {
+                    self.reanchors += 1;
+                    self.offset_ns = Some(arr - dev);
+                    arr
+                } else {
+                    t
+                }
+            }
+            None => {
+                self.offset_ns = Some(arr - dev);
+                arr
+            }
+        };
+        let t = u64::try_from(t.max(0)).unwrap_or(0).max(self.last + 1);
+        self.last = t;
+        Timestamp(t)
+    }
+}
+
 /// An IMU on a serial port.
 #[derive(Debug)]
 pub struct SerialImuSource {
@@ -250,6 +327,7 @@ impl Source for SerialImuSource {
         let path = self.config.path.display().to_string();
         let mut backoff = BACKOFF_MIN;
         let mut stamper = Stamper::new(self.config.rate_hz);
+        let mut device_clock = DeviceClock::default();
         out.expect_rate(self.config.rate_hz);
         let mut buf = vec![0u8; 4096];
         let mut was_online = false;
@@ -285,7 +363,16 @@ impl Source for SerialImuSource {
                         let mut decoded = Decoded::default();
                         decoder.feed(&buf[..n], &mut decoded);
                         out.garbage(decoded.garbage_bytes);
-                        let times = stamper.stamp(arrival, decoded.readings.len());
+                        let times =
+                            if decoded.device_times.len() == decoded.readings.len() && !decoded.readings.is_empty() {
+                                decoded
+                                    .device_times
+                                    .iter()
+                                    .map(|&d| device_clock.map(arrival, d))
+                                    .collect()
+                            } else {
+                                stamper.stamp(arrival, decoded.readings.len())
+                            };
                         for (values, t) in decoded.readings.into_iter().zip(times) {
                             out.push(Sample::Imu { t, values });
                         }
@@ -317,6 +404,66 @@ mod tests {
 
     fn csv() -> LineDecoder {
         LineDecoder::new([1, 2, 3], Some([4, 5, 6]), AccUnit::G, GyroUnit::DegPerSecond)
+    }
+
+    #[test]
+    fn a_million_random_bytes_in_random_chunks_never_panic_nor_grow_the_buffers() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u32
+        };
+        // Mostly random bytes, with runs of plausible lines and frame headers so both decoders get deep.
+        let mut bytes = Vec::with_capacity(1_000_000);
+        while bytes.len() < 1_000_000 {
+            match next() % 8 {
+                0 => bytes.extend_from_slice(b"0.1,0.2,9.8,0.0,0.1,0.2\n"),
+                1 => bytes.extend_from_slice(&[0x55, 0x51]),
+                _ => bytes.push(next() as u8),
+            }
+        }
+        let mut line = csv().with_time(0, crate::preprocess::imu::TimeUnit::Ms);
+        let mut wit = WitMotionDecoder::new();
+        let (mut a, mut b) = (Decoded::default(), Decoded::default());
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = (next() as usize % 512 + 1).min(bytes.len() - at);
+            line.feed(&bytes[at..at + n], &mut a);
+            wit.feed(&bytes[at..at + n], &mut b);
+            assert!(line.line.len() <= MAX_LINE && wit.pending.len() < WIT_FRAME);
+            at += n;
+        }
+        assert!(a.garbage_bytes <= bytes.len() as u64 && b.garbage_bytes <= bytes.len() as u64);
+        assert!(a.readings.iter().chain(&b.readings).flatten().all(|v| v.is_finite()));
+        assert_eq!(a.device_times.len(), a.readings.len());
+    }
+
+    #[test]
+    fn device_timestamps_are_read_and_mapped_onto_the_daemon_clock() {
+        use crate::preprocess::imu::TimeUnit;
+        let mut d = csv().with_time(0, TimeUnit::Ms);
+        let mut out = Decoded::default();
+        d.feed(b"1000,0,0,1,0,0,0\n1005,0,0,1,0,0,0\nno-time,0,0,1,0,0,0\n", &mut out);
+        assert_eq!(out.readings.len(), 2);
+        assert_eq!(out.device_times.len(), 2);
+        assert!((out.device_times[0] - 1.0).abs() < 1e-12 && (out.device_times[1] - 1.005).abs() < 1e-12);
+        assert!(out.garbage_bytes > 0, "a line without a valid time is garbage");
+
+        let ms = |v: u64| Timestamp(v * 1_000_000);
+        let mut c = DeviceClock::default();
+        // First reading anchors at arrival; a burst keeps the device's spacing, never after arrival.
+        assert_eq!(c.map(ms(10_000), 1.000), ms(10_000));
+        assert_eq!(c.map(ms(10_020), 1.005), ms(10_005));
+        assert_eq!(c.map(ms(10_020), 1.010), ms(10_010));
+        // A reading with less transfer delay moves the offset earlier (and stays at its arrival).
+        assert_eq!(c.map(ms(10_012), 1.015), ms(10_012));
+        assert_eq!(c.map(ms(10_030), 1.020), ms(10_017));
+        // The device restarts its clock: re-anchored, still increasing.
+        let t = c.map(ms(10_040), 0.001);
+        assert_eq!((t, c.reanchors), (ms(10_040), 1));
+        assert!(c.map(ms(10_045), 0.006) > t);
     }
 
     #[test]
