@@ -80,6 +80,20 @@ pub enum Command {
     Preprocess(PreprocessArgs),
     /// CLIP BPE token ids of texts, 77 per text, exactly as ImageBind's tokenizer gives them.
     Tokenize(TokenizeArgs),
+    /// List the capture devices: cameras (V4L2 nodes), audio inputs (ALSA capture PCMs) and serial ports with
+    /// their stable `/dev/serial/by-id/` links. Read from sysfs and procfs; nothing is opened.
+    Devices(DevicesArgs),
+}
+
+/// `sensebind devices`
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Read sysfs/procfs/dev under this folder instead of `/` (tests, or a copied tree from another machine).
+    #[arg(long, default_value = "/", hide = true)]
+    pub root: PathBuf,
 }
 
 /// `sensebind preprocess`
@@ -373,6 +387,15 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Bench(args) => bench_cmd(&args),
         Command::Preprocess(args) => preprocess_cmd(&args),
         Command::Tokenize(args) => tokenize_cmd(&args),
+        Command::Devices(args) => {
+            let found = crate::devices::list(&args.root);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                print!("{}", crate::devices::render(&found));
+            }
+            Ok(EXIT_OK)
+        }
     }
 }
 

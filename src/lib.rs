@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod devices;
 pub mod encode;
 pub mod events;
 pub mod labels;
