@@ -7,6 +7,7 @@
 //! Implementations: [`replay`] (recorded files at their real pace), [`synthetic`] (test signals) and
 //! [`serial`] (IMUs on a serial port). Other hardware drivers implement the same [`Source`] trait.
 
+pub mod pixfmt;
 pub mod replay;
 pub mod serial;
 pub mod synthetic;
