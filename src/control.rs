@@ -505,7 +505,9 @@ impl Controller {
         }
         let (t, id) = (&self.s.topics, &self.s.device);
         let mut cmps = serde_json::Map::new();
-        for p in self.prompts().prompts() {
+        let current = self.prompts();
+        let prompts_now: BTreeSet<&str> = current.prompts().iter().map(|p| p.id.as_str()).collect();
+        for p in current.prompts() {
             let modality = self
                 .s
                 .sensors
@@ -520,39 +522,41 @@ impl Controller {
                 }
                 .to_owned()
             });
+            // Component ids are `{kind}-{name}`: the kinds differ before their `-` and names cannot contain a kind,
+            // so a label called `x_enabled` cannot collide with label `x`'s switch.
             cmps.insert(
-                format!("label_{}", p.id),
+                format!("label-{}", p.id),
                 json!({
-                    "p": "binary_sensor", "unique_id": format!("{id}_label_{}", p.id), "name": p.id,
+                    "p": "binary_sensor", "unique_id": format!("{id}_label-{}", p.id), "name": p.id,
                     "dev_cla": class, "stat_t": t.label_state(&p.id), "pl_on": "ON", "pl_off": "OFF",
                 }),
             );
             cmps.insert(
-                format!("label_{}_enabled", p.id),
+                format!("label_switch-{}", p.id),
                 json!({
-                    "p": "switch", "unique_id": format!("{id}_label_{}_enabled", p.id), "name": format!("{} enabled", p.id),
+                    "p": "switch", "unique_id": format!("{id}_label_switch-{}", p.id), "name": format!("{} enabled", p.id),
                     "ent_cat": "config", "cmd_t": t.label_enabled_set(&p.id), "stat_t": t.label_enabled_state(&p.id),
                     "pl_on": "ON", "pl_off": "OFF",
                 }),
             );
         }
-        for label in &self.removed_labels {
-            cmps.insert(format!("label_{label}"), json!({ "p": "binary_sensor" }));
-            cmps.insert(format!("label_{label}_enabled"), json!({ "p": "switch" }));
+        for label in self.removed_labels.iter().filter(|l| !prompts_now.contains(l.as_str())) {
+            cmps.insert(format!("label-{label}"), json!({ "p": "binary_sensor" }));
+            cmps.insert(format!("label_switch-{label}"), json!({ "p": "switch" }));
         }
         for s in &self.s.sensors {
             cmps.insert(
-                format!("sensor_{}_status", s.name),
+                format!("sensor-{}", s.name),
                 json!({
-                    "p": "binary_sensor", "unique_id": format!("{id}_sensor_{}_status", s.name), "name": format!("{} connected", s.name),
+                    "p": "binary_sensor", "unique_id": format!("{id}_sensor-{}", s.name), "name": format!("{} connected", s.name),
                     "dev_cla": "connectivity", "ent_cat": "diagnostic", "stat_t": t.sensor_status(&s.name),
                     "pl_on": "online", "pl_off": "offline",
                 }),
             );
             cmps.insert(
-                format!("sensor_{}_enabled", s.name),
+                format!("sensor_switch-{}", s.name),
                 json!({
-                    "p": "switch", "unique_id": format!("{id}_sensor_{}_enabled", s.name), "name": format!("{} enabled", s.name),
+                    "p": "switch", "unique_id": format!("{id}_sensor_switch-{}", s.name), "name": format!("{} enabled", s.name),
                     "ent_cat": "config", "cmd_t": t.sensor_enabled_set(&s.name), "stat_t": t.sensor_enabled_state(&s.name),
                     "pl_on": "ON", "pl_off": "OFF",
                 }),
@@ -671,7 +675,8 @@ impl Controller {
             t1_mono_ns: w.t1.0,
             model: w.model.to_string(),
             event,
-            normalized: true,
+            // An all-zero (or non-finite) embedding cannot be scaled to unit length and is sent as it is.
+            normalized: w.embedding.iter().any(|x| *x != 0.0) && w.embedding.iter().all(|x| x.is_finite()),
             vec: embedding::l2_normalize(&w.embedding),
         };
         let e = &self.s.mqtt.embeddings;

@@ -228,12 +228,12 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
         .unwrap()
         .json();
     assert_eq!(
-        disc["cmps"]["label_walking"]["stat_t"],
+        disc["cmps"]["label-walking"]["stat_t"],
         "sensebind/st/label/walking/state"
     );
-    assert_eq!(disc["cmps"]["label_walking"]["dev_cla"], "motion");
+    assert_eq!(disc["cmps"]["label-walking"]["dev_cla"], "motion");
     assert_eq!(
-        disc["cmps"]["sensor_imu0_enabled"]["cmd_t"],
+        disc["cmps"]["sensor_switch-imu0"]["cmd_t"],
         "sensebind/st/sensor/imu0/enabled/set"
     );
     assert_eq!(disc["avty"][0]["t"], "sensebind/st/availability");
@@ -479,7 +479,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
     let ha = Subscriber::start(broker.port, "homeassistant/device/pu/config");
     assert!(ha.wait_for(Duration::from_secs(5), |m| !m.is_empty()));
     let disc = ha.snapshot().last().unwrap().json();
-    assert_eq!(disc["cmps"]["label_glass"], serde_json::json!({ "p": "binary_sensor" }));
+    assert_eq!(disc["cmps"]["label-glass"], serde_json::json!({ "p": "binary_sensor" }));
     let late = Subscriber::start(broker.port, "sensebind/pu/label/#");
     std::thread::sleep(Duration::from_millis(500));
     assert!(

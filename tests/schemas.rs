@@ -40,6 +40,64 @@ fn every_schema_parses_and_uses_only_the_supported_keywords() {
     assert_eq!(files, ALL.len() + 1, "a schema file is not covered here");
 }
 
+/// Every keyword anywhere in a schema (properties, items, branches, `$defs`), with its JSON pointer.
+fn keywords(schema: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
+    let Some(obj) = schema.as_object() else { return };
+    for (k, v) in obj {
+        out.push((at.to_owned(), k.clone()));
+        match k.as_str() {
+            "properties" | "$defs" => {
+                for (name, sub) in v.as_object().into_iter().flatten() {
+                    keywords(sub, &format!("{at}/{k}/{name}"), out);
+                }
+            }
+            "items" | "additionalProperties" => keywords(v, &format!("{at}/{k}"), out),
+            "oneOf" | "anyOf" => {
+                for (i, sub) in v.as_array().into_iter().flatten().enumerate() {
+                    keywords(sub, &format!("{at}/{k}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn every_nested_schema_stays_inside_the_validated_subset_and_is_described() {
+    for name in ALL {
+        let s = load_schema(name).unwrap();
+        let mut found = Vec::new();
+        keywords(&s, "", &mut found);
+        for (at, k) in &found {
+            assert!(
+                common::schema::KEYWORDS.contains(&k.as_str()),
+                "{name}{at}: keyword {k:?} is not validated"
+            );
+        }
+        // Every property says what it is.
+        let mut stack = vec![(String::new(), s.clone())];
+        while let Some((at, node)) = stack.pop() {
+            for (prop, sub) in node["properties"].as_object().into_iter().flatten() {
+                assert!(
+                    sub.get("description").is_some() || sub.get("$ref").is_some(),
+                    "{name}{at}/properties/{prop} has no description"
+                );
+                stack.push((format!("{at}/properties/{prop}"), sub.clone()));
+            }
+            for key in ["items", "additionalProperties"] {
+                if node[key].is_object() {
+                    stack.push((format!("{at}/{key}"), node[key].clone()));
+                }
+            }
+            for key in ["oneOf", "anyOf"] {
+                for (i, sub) in node[key].as_array().into_iter().flatten().enumerate() {
+                    stack.push((format!("{at}/{key}/{i}"), sub.clone()));
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn the_validator_rejects_what_each_keyword_forbids() {
     let schema = json!({
@@ -143,14 +201,14 @@ fn realistic_payloads_pass_and_broken_ones_fail_at_the_right_place() {
         "stat_t": "a/c", "pl_on": "ON", "pl_off": "OFF"});
     let disc = json!({"dev": {"ids": ["d"], "name": "D", "mf": "sensebind", "mdl": "sensebind", "sw": "0.1.0"},
         "o": {"name": "sensebind", "sw": "0.1.0"}, "avty": [{"t": "sensebind/d/availability"}], "qos": 1,
-        "cmps": {"label_x": stub, "label_x_enabled": full}});
+        "cmps": {"label-x": stub, "label_switch-x": full}});
     validate("ha-discovery.schema.json", &disc).unwrap();
     let mut bad = disc.clone();
-    bad["cmps"]["label_y"] = json!({"p": "light"});
+    bad["cmps"]["label-y"] = json!({"p": "light"});
     assert!(
         validate("ha-discovery.schema.json", &bad)
             .unwrap_err()
-            .contains("/cmps/label_y")
+            .contains("/cmps/label-y")
     );
 }
 

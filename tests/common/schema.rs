@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use serde_json::Value;
 
 /// The keywords the validator understands (annotations included).
-const KEYWORDS: [&str; 26] = [
+pub const KEYWORDS: [&str; 26] = [
     "$schema",
     "$id",
     "$ref",
