@@ -364,7 +364,9 @@ pub async fn run(
             break;
         }
         let wait = stop_seen.map_or(Duration::from_secs(3600), |s| deadline.saturating_sub(s.elapsed()));
-        let can_feed = connected && stopping_since.is_none() && !client_full && !window_full;
+        // `ready()` returns at once for a closed, empty outbox: do not spin on it while the last messages go out.
+        let drained_outbox = outbox.is_closed() && outbox.is_empty();
+        let can_feed = connected && stopping_since.is_none() && !client_full && !window_full && !drained_outbox;
         tokio::select! {
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
