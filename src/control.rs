@@ -358,7 +358,7 @@ impl Controller {
     /// Availability, info, config and prompt states, sensor and label states, discovery; closes what a previous
     /// run left open.
     fn publish_initial_state(&mut self) {
-        let t = &self.s.topics;
+        let t = self.s.topics.clone();
         self.push(OutMessage::state(t.availability(), "online"));
         // Events a crash left open get their end now.
         let open = std::mem::take(&mut self.s.state.state.open_events);
@@ -389,7 +389,7 @@ impl Controller {
             .collect();
         for label in &stale {
             self.clear_label_topics(label);
-            self.removed_labels.insert(label.clone());
+            self.remember_removed(label);
         }
         self.s.state.state.published_labels = current;
         self.s.state.save();
@@ -408,6 +408,16 @@ impl Controller {
             self.push(OutMessage::state(t.label_enabled_state(&p.id), on_off(enabled)));
         }
         self.publish_discovery();
+    }
+
+    /// Remembers a deleted label so its Home Assistant entities are removed (kept for the process lifetime so a
+    /// republished discovery still removes them; bounded, oldest names forgotten first).
+    fn remember_removed(&mut self, label: &str) {
+        const MAX_REMOVED: usize = 1024;
+        self.removed_labels.insert(label.to_owned());
+        while self.removed_labels.len() > MAX_REMOVED {
+            self.removed_labels.pop_first();
+        }
     }
 
     fn clear_label_topics(&self, label: &str) {
@@ -1103,7 +1113,7 @@ impl Controller {
         for id in &update.delete {
             self.label_on.remove(id);
             self.clear_label_topics(id);
-            self.removed_labels.insert(id.clone());
+            self.remember_removed(id);
         }
         for u in &update.upsert {
             self.removed_labels.remove(&u.id);

@@ -8,105 +8,20 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Mosquitto, PersistentSubscriber, Received, Subscriber, root, toml_str};
+use common::{Daemon, Mosquitto, PersistentSubscriber, Received, Subscriber, imu_config, toml_str};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sensebind")
-}
-
-/// One synthetic IMU sensor (10 windows a second); its only prompt is always on, so events cycle every
-/// `max_event_secs` (start, end `max_duration`, start again).
-fn config(device: &str, url: &str, state: &Path, mqtt_extra: &str) -> String {
-    format!(
-        r#"
-[device]
-id = "{device}"
-
-[runtime]
-state_dir = {state}
-stats_interval_secs = 1
-
-[models]
-dir = {models}
-
-[mqtt]
-url = "{url}"
-{mqtt_extra}
-
-[events]
-aggregate_windows = 1
-onset_k = 1
-onset_n = 1
-hold_secs = 0.0
-update_interval_secs = 3600
-
-[[sources]]
-type = "synthetic"
-name = "imu0"
-modality = "imu"
-rate_hz = 200.0
-window_secs = 0.5
-hop_secs = 0.1
-
+/// The only prompt is always on, so events cycle every `max_event_secs` (start, end `max_duration`, start again).
+const ALWAYS_ON: &str = r#"
 [[prompts]]
 id = "walking"
 text = "a person walking"
 max_event_secs = 0.3
-"#,
-        state = toml_str(state),
-        models = toml_str(&root().join("models/imagebind-tiny")),
-    )
-}
+"#;
 
-fn start(dir: &Path, name: &str, text: &str, env: &[(&str, &str)]) -> (Child, std::path::PathBuf) {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, text).unwrap();
-    let log = dir.join(format!("{name}.log"));
-    let mut cmd = Command::new(bin());
-    cmd.args(["run", "--config"])
-        .arg(&config)
-        .args(["--shutdown-timeout-secs", "5"])
-        .env("SENSEBIND_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    (cmd.spawn().unwrap(), log)
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-fn kill(child: &Child, sig: &str) {
-    assert!(
-        Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-fn term(child: &mut Child, log: &Path) {
-    kill(child, "-TERM");
-    let status = wait_exit(child, Duration::from_secs(10)).expect("exits after SIGTERM");
-    assert!(status.success(), "exit {status:?}:\n{}", read(log));
+fn config(device: &str, url: &str, state: &Path, mqtt_extra: &str) -> String {
+    imu_config(device, url, state, mqtt_extra, ALWAYS_ON)
 }
 
 fn labels_seen(msgs: &[Received], dev: &str) -> usize {
@@ -122,20 +37,22 @@ fn password_login_works_and_a_rejected_one_is_a_clear_startup_error() {
     let sub = common::Subscriber::start_with_login(broker.port, "sensebind/pw/#", "sensor", "s3cret-Pa55");
     let extra = "username = \"sensor\"\npassword_env = \"TEST_MQTT_PASSWORD\"";
     let text = config("pw", &broker.url(), &tmp.path().join("state"), extra);
-    let (mut child, log) = start(tmp.path(), "pw", &text, &[("TEST_MQTT_PASSWORD", "s3cret-Pa55")]);
+    let mut child = Daemon::start(tmp.path(), "pw", &text, &[("TEST_MQTT_PASSWORD", "s3cret-Pa55")]);
     assert!(
         sub.wait_for(Duration::from_secs(60), |m| labels_seen(m, "pw") >= 2),
         "{}",
-        read(&log)
+        child.log()
     );
-    term(&mut child, &log);
-    assert!(!read(&log).contains("s3cret-Pa55"), "the password was logged");
+    child.stop();
+    assert!(!child.log().contains("s3cret-Pa55"), "the password was logged");
 
     // The wrong password: exit 1 within seconds, saying why, without the password.
-    let (mut bad, bad_log) = start(tmp.path(), "pw-bad", &text, &[("TEST_MQTT_PASSWORD", "wrong-Pa55")]);
-    let status = wait_exit(&mut bad, Duration::from_secs(30)).expect("a rejected login stops the daemon");
-    assert_eq!(status.code(), Some(1), "{}", read(&bad_log));
-    let out = read(&bad_log);
+    let mut bad = Daemon::start(tmp.path(), "pw-bad", &text, &[("TEST_MQTT_PASSWORD", "wrong-Pa55")]);
+    let status = bad
+        .wait(Duration::from_secs(30))
+        .expect("a rejected login stops the daemon");
+    assert_eq!(status.code(), Some(1), "{}", bad.log());
+    let out = bad.log();
     assert!(
         out.contains("rejected the user name or password") || out.contains("not authorised"),
         "{out}"
@@ -155,22 +72,22 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         toml_str(&certs.client_key)
     );
     let text = config("tls", &broker.tls_url(), &tmp.path().join("state"), &extra);
-    let (mut child, log) = start(tmp.path(), "tls", &text, &[]);
+    let mut child = Daemon::start(tmp.path(), "tls", &text, &[]);
     // Watch through the broker's log: the daemon's client connects over TLS and publishes; a plain subscriber
     // cannot join a TLS-only listener, so check the daemon's own stats instead.
     let until = Instant::now() + Duration::from_secs(60);
-    while !read(&log).contains("Connected to the MQTT broker") {
+    while !child.log().contains("Connected to the MQTT broker") {
         assert!(
             Instant::now() < until,
             "no TLS connection:\n{}\n{}",
-            read(&log),
+            child.log(),
             broker.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
-    term(&mut child, &log);
-    let out = read(&log);
+    child.stop();
+    let out = child.log();
     assert!(out.contains("tls=true"), "{out}");
     assert!(!out.contains("PRIVATE KEY"), "key material logged");
 
@@ -183,10 +100,12 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         toml_str(&certs.client_key)
     );
     let text = config("tls", &broker.tls_url(), &tmp.path().join("state2"), &extra);
-    let (mut bad, bad_log) = start(tmp.path(), "tls-bad", &text, &[]);
-    let status = wait_exit(&mut bad, Duration::from_secs(30)).expect("a TLS failure stops the daemon");
-    assert_eq!(status.code(), Some(1), "{}", read(&bad_log));
-    assert!(read(&bad_log).contains("TLS failed"), "{}", read(&bad_log));
+    let mut bad = Daemon::start(tmp.path(), "tls-bad", &text, &[]);
+    let status = bad
+        .wait(Duration::from_secs(30))
+        .expect("a TLS failure stops the daemon");
+    assert_eq!(status.code(), Some(1), "{}", bad.log());
+    assert!(bad.log().contains("TLS failed"), "{}", bad.log());
 
     // A certificate path that does not exist: a configuration error (exit 64) naming the key.
     let text = config(
@@ -195,14 +114,10 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
         &tmp.path().join("state3"),
         "[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"",
     );
-    let (mut missing, missing_log) = start(tmp.path(), "tls-missing", &text, &[]);
-    let status = wait_exit(&mut missing, Duration::from_secs(30)).unwrap();
-    assert_eq!(status.code(), Some(64), "{}", read(&missing_log));
-    assert!(
-        read(&missing_log).contains("mqtt.tls.ca_file"),
-        "{}",
-        read(&missing_log)
-    );
+    let mut missing = Daemon::start(tmp.path(), "tls-missing", &text, &[]);
+    let status = missing.wait(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(64), "{}", missing.log());
+    assert!(missing.log().contains("mqtt.tls.ca_file"), "{}", missing.log());
 }
 
 #[test]
@@ -214,7 +129,7 @@ fn an_acl_that_denies_a_command_topic_is_reported_and_the_daemon_keeps_running()
     let sub = common::Subscriber::start_with_login(broker.port, "sensebind/acl/#", "sensor", "pw-acl-1");
     let extra = "username = \"sensor\"\npassword_env = \"TEST_MQTT_PASSWORD\"";
     let text = config("acl", &broker.url(), &tmp.path().join("state"), extra);
-    let (mut child, log) = start(tmp.path(), "acl", &text, &[("TEST_MQTT_PASSWORD", "pw-acl-1")]);
+    let mut child = Daemon::start(tmp.path(), "acl", &text, &[("TEST_MQTT_PASSWORD", "pw-acl-1")]);
     let denied = |m: &[Received]| {
         m.iter().any(|r| {
             r.topic == "sensebind/acl/stats"
@@ -223,14 +138,14 @@ fn an_acl_that_denies_a_command_topic_is_reported_and_the_daemon_keeps_running()
                     .is_some_and(|d| d.iter().any(|f| f == "sensebind/acl/cmd"))
         })
     };
-    assert!(sub.wait_for(Duration::from_secs(60), denied), "{}", read(&log));
+    assert!(sub.wait_for(Duration::from_secs(60), denied), "{}", child.log());
     let n = labels_seen(&sub.snapshot(), "acl");
     assert!(
         sub.wait_for(Duration::from_secs(10), |m| labels_seen(m, "acl") > n + 5),
         "labels stopped"
     );
-    assert!(read(&log).contains("refused these subscriptions"), "{}", read(&log));
-    term(&mut child, &log);
+    assert!(child.log().contains("refused these subscriptions"), "{}", child.log());
+    child.stop();
 }
 
 #[test]
@@ -239,12 +154,12 @@ fn broker_killed_mid_stream_loses_no_event_and_state_is_right_after_reconnect() 
     let tmp = tempfile::tempdir().unwrap();
     let sub = PersistentSubscriber::start_on(broker.port, "test-persistent-events", "sensebind/bk/#");
     let text = config("bk", &broker.url(), &tmp.path().join("state"), "queue_events = 100000");
-    let (mut child, log) = start(tmp.path(), "bk", &text, &[]);
+    let mut child = Daemon::start(tmp.path(), "bk", &text, &[]);
     let events = |m: &[Received]| m.iter().filter(|r| r.topic.starts_with("sensebind/bk/events/")).count();
     assert!(
         sub.wait_for(Duration::from_secs(60), |m| events(m) >= 6),
         "{}",
-        read(&log)
+        child.log()
     );
     // Kill the broker while events keep happening; they queue in the daemon.
     let outage_start = std::time::SystemTime::now();
@@ -252,16 +167,18 @@ fn broker_killed_mid_stream_loses_no_event_and_state_is_right_after_reconnect() 
     std::thread::sleep(Duration::from_secs(3));
     let outage_end = std::time::SystemTime::now();
     broker.restart();
-    let connects_before = sub.connects();
     assert!(
         sub.wait_for(Duration::from_secs(60), |m| m
             .iter()
             .filter(|r| r.topic == "sensebind/bk/stats")
             .any(|r| r.json()["mqtt"]["connects_total"].as_u64() >= Some(2))),
         "the daemon did not reconnect:\n{}",
-        read(&log)
+        child.log()
     );
-    assert!(sub.connects() >= connects_before);
+    assert!(
+        sub.wait_connects(2, Duration::from_secs(10)),
+        "the persistent subscriber did not reconnect"
+    );
     // Right after the reconnect: the retained state is there (republished by the daemon on connect: see
     // republished_total below) and the command subscriptions work again.
     let fresh = Subscriber::start(broker.port, "sensebind/bk/#");
@@ -298,7 +215,7 @@ fn broker_killed_mid_stream_loses_no_event_and_state_is_right_after_reconnect() 
         "no command response after the reconnect (not resubscribed?)"
     );
     std::thread::sleep(Duration::from_secs(1));
-    term(&mut child, &log);
+    child.stop();
     std::thread::sleep(Duration::from_millis(500));
     let msgs = sub.snapshot();
     // Every (event id, message number) the daemon published arrived at least once, or was counted as dropped.
@@ -377,13 +294,13 @@ fn daemon_killed_gets_its_will_and_the_open_event_is_closed_on_restart() {
     // A long max duration: the event is open when the daemon dies.
     let text = config("kl", &broker.url(), &tmp.path().join("state"), "")
         .replace("max_event_secs = 0.3", "max_event_secs = 3600");
-    let (mut child, log) = start(tmp.path(), "kl", &text, &[]);
+    let mut child = Daemon::start(tmp.path(), "kl", &text, &[]);
     assert!(
         sub.wait_for(Duration::from_secs(60), |m| m
             .iter()
             .any(|r| r.topic == "sensebind/kl/events/imu0/walking")),
         "{}",
-        read(&log)
+        child.log()
     );
     let started = sub
         .snapshot()
@@ -391,8 +308,8 @@ fn daemon_killed_gets_its_will_and_the_open_event_is_closed_on_restart() {
         .find(|r| r.topic == "sensebind/kl/events/imu0/walking")
         .unwrap()
         .json();
-    kill(&child, "-KILL");
-    wait_exit(&mut child, Duration::from_secs(5)).unwrap();
+    child.signal("-KILL");
+    child.wait(Duration::from_secs(5)).unwrap();
     assert!(
         sub.wait_for(Duration::from_secs(10), |m| m
             .iter()
@@ -400,7 +317,7 @@ fn daemon_killed_gets_its_will_and_the_open_event_is_closed_on_restart() {
         "the broker did not publish the Will"
     );
     // On restart the event left open ends (`restart`), and the label state is corrected.
-    let (mut again, again_log) = start(tmp.path(), "kl2", &text, &[]);
+    let mut again = Daemon::start(tmp.path(), "kl2", &text, &[]);
     let id = started["id"].as_str().unwrap().to_owned();
     assert!(
         sub.wait_for(Duration::from_secs(60), |m| m.iter().any(|r| {
@@ -408,7 +325,7 @@ fn daemon_killed_gets_its_will_and_the_open_event_is_closed_on_restart() {
             v["id"] == id.as_str() && v["type"] == "end" && v["end_reason"] == "restart"
         })),
         "{}",
-        read(&again_log)
+        again.log()
     );
-    term(&mut again, &again_log);
+    again.stop();
 }

@@ -8,56 +8,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Mosquitto, Received, Subscriber, root, toml_str};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sensebind")
-}
-
-/// One synthetic IMU sensor (10 windows a second) and the given prompts; `mqtt_extra` goes into `[mqtt]`.
-fn config(device: &str, url: &str, state: &Path, mqtt_extra: &str, prompts: &str) -> String {
-    format!(
-        r#"
-[device]
-id = "{device}"
-name = "Test rig"
-
-[runtime]
-state_dir = {state}
-stats_interval_secs = 1
-
-[models]
-dir = {models}
-
-[mqtt]
-url = "{url}"
-{mqtt_extra}
-
-[events]
-aggregate_windows = 1
-onset_k = 1
-onset_n = 1
-hold_secs = 0.0
-update_interval_secs = 3600
-
-[[sources]]
-type = "synthetic"
-name = "imu0"
-modality = "imu"
-rate_hz = 200.0
-window_secs = 0.5
-hop_secs = 0.1
-
-{prompts}
-"#,
-        state = toml_str(state),
-        models = toml_str(&root().join("models/imagebind-tiny")),
-    )
-}
+use common::{Daemon, Mosquitto, Received, Subscriber, imu_config};
 
 /// A prompt that is always the top score (it is the only one), so its events cycle by `max_event_secs`.
 const ALWAYS_ON: &str = r#"
@@ -67,70 +20,6 @@ text = "a person walking"
 threshold = 0.5
 max_event_secs = 0.5
 "#;
-
-struct Daemon {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, name: &str, config_text: &str, env: &[(&str, &str)]) -> Self {
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, config_text).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let mut cmd = Command::new(bin());
-        cmd.args(["run", "--config"])
-            .arg(&config)
-            .args(["--shutdown-timeout-secs", "5"])
-            .env("SENSEBIND_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Daemon {
-            child: cmd.spawn().unwrap(),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    fn wait(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn stop(&mut self) {
-        self.signal("-TERM");
-        let status = self.wait(Duration::from_secs(10)).expect("exits after SIGTERM");
-        assert!(status.success(), "exit {status:?}:\n{}", self.log());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _killed = self.child.kill();
-        let _reaped = self.child.wait();
-    }
-}
 
 fn text(m: &Received) -> String {
     String::from_utf8_lossy(&m.payload).into_owned()
@@ -167,7 +56,7 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
     let sub = Subscriber::start(broker.port, "sensebind/st/#");
     let ha = Subscriber::start(broker.port, "homeassistant/#");
-    let cfg = config(
+    let cfg = imu_config(
         "st",
         &broker.url(),
         &tmp.path().join("state"),
@@ -309,7 +198,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let sub = Subscriber::start(broker.port, "sensebind/pu/#");
-    let cfg = config("pu", &broker.url(), &state, "", ALWAYS_ON);
+    let cfg = imu_config("pu", &broker.url(), &state, "", ALWAYS_ON);
     // A retained command waiting on the broker (MQTT 3.1.1 marks a message retained only when it is delivered
     // from the broker's store, i.e. on subscribe): refused, not replayed.
     let set = "sensebind/pu/prompts/set";

@@ -824,6 +824,119 @@ pub fn publish_once(port: u16, topic: &str, payload: &[u8]) {
     publish(port, topic, payload, false);
 }
 
+/// One synthetic IMU sensor (10 windows a second) and the given prompts; `mqtt_extra` goes into `[mqtt]`.
+pub fn imu_config(device: &str, url: &str, state: &Path, mqtt_extra: &str, prompts: &str) -> String {
+    format!(
+        r#"
+[device]
+id = "{device}"
+name = "Test rig"
+
+[runtime]
+state_dir = {state}
+stats_interval_secs = 1
+
+[models]
+dir = {models}
+
+[mqtt]
+url = "{url}"
+{mqtt_extra}
+
+[events]
+aggregate_windows = 1
+onset_k = 1
+onset_n = 1
+hold_secs = 0.0
+update_interval_secs = 3600
+
+[[sources]]
+type = "synthetic"
+name = "imu0"
+modality = "imu"
+rate_hz = 200.0
+window_secs = 0.5
+hop_secs = 0.1
+
+{prompts}
+"#,
+        state = toml_str(state),
+        models = toml_str(&root().join("models/imagebind-tiny")),
+    )
+}
+
+/// A `sensebind run` child process with its log file; killed on drop.
+pub struct Daemon {
+    /// The process.
+    pub child: Child,
+    /// Its stderr.
+    pub log_path: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config_text` to `{dir}/{name}.toml` and runs the daemon on it (stderr to `{dir}/{name}.log`).
+    pub fn start(dir: &Path, name: &str, config_text: &str, env: &[(&str, &str)]) -> Self {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, config_text).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensebind"));
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .args(["--shutdown-timeout-secs", "5"])
+            .env("SENSEBIND_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().unwrap(),
+            log_path: log,
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (`-TERM`, `-KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Waits for the exit, up to `within`.
+    pub fn wait(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGTERM, then asserts a clean exit within 10 s.
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+        let status = self.wait(Duration::from_secs(10)).expect("exits after SIGTERM");
+        assert!(status.success(), "exit {status:?}:\n{}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+}
+
 /// A number unique in this test process (client ids: two clients with one id keep kicking each other off).
 pub fn next_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
