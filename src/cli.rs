@@ -80,8 +80,9 @@ pub enum Command {
     Preprocess(PreprocessArgs),
     /// CLIP BPE token ids of texts, 77 per text, exactly as ImageBind's tokenizer gives them.
     Tokenize(TokenizeArgs),
-    /// List the capture devices: cameras (V4L2 nodes), audio inputs (ALSA capture PCMs) and serial ports with
-    /// their stable `/dev/serial/by-id/` links. Read from sysfs and procfs; nothing is opened.
+    /// List the capture devices: cameras (V4L2 nodes with their formats, sizes and rates), audio inputs (ALSA
+    /// capture PCMs and cpal device ids) and serial ports with their stable `/dev/serial/by-id/` links. Nothing
+    /// is streamed.
     Devices(DevicesArgs),
 }
 
@@ -388,7 +389,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Preprocess(args) => preprocess_cmd(&args),
         Command::Tokenize(args) => tokenize_cmd(&args),
         Command::Devices(args) => {
-            let found = crate::devices::list(&args.root);
+            let mut found = crate::devices::list(&args.root);
+            if args.root == std::path::Path::new("/") {
+                crate::devices::query_drivers(&mut found);
+            }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&found)?);
             } else {

@@ -61,6 +61,22 @@ pub fn now() -> Timestamp {
     Clock::global().now()
 }
 
+/// Maps a timestamp a driver took on the system's `CLOCK_MONOTONIC` (nanoseconds since boot: V4L2 buffers with
+/// `V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC`, ALSA status timestamps) onto the process clock, by how long ago it was.
+/// A time in the future (a driver bug) maps to now.
+pub fn from_system_monotonic(ns: u128) -> Timestamp {
+    let raw_now = system_monotonic_ns();
+    let ago = u64::try_from(raw_now.saturating_sub(ns)).unwrap_or(u64::MAX);
+    let now = now();
+    Timestamp(now.0.saturating_sub(ago))
+}
+
+/// `CLOCK_MONOTONIC` now, nanoseconds.
+pub fn system_monotonic_ns() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u128::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(t.tv_nsec).unwrap_or(0)
+}
+
 /// RFC 3339 UTC with milliseconds, e.g. `2026-08-20T10:11:12.345Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -74,6 +90,24 @@ pub fn rfc3339_of(t: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_monotonic_times_map_by_age() {
+        // Times before the process clock's origin map to 0: let it run past the age tested.
+        while now().0 < 100_000_000 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let raw = system_monotonic_ns();
+        let before = now();
+        let t = from_system_monotonic(raw - 50_000_000);
+        let after = now();
+        assert!(
+            t.0 + 50_000_000 >= before.0.saturating_sub(1_000_000),
+            "{t:?} {before:?}"
+        );
+        assert!(t.0 + 50_000_000 <= after.0 + 1_000_000, "{t:?} {after:?}");
+        assert!(from_system_monotonic(raw + 10_000_000_000) <= now());
+    }
 
     #[test]
     fn timestamps_are_monotonic_and_convert_to_wall_time() {

@@ -6,15 +6,17 @@
 //! - serial ports: `/sys/class/tty/*` entries backed by a real device (USB, platform UART), with their
 //!   `/dev/serial/by-id/` links, which survive re-plugging and are the best `path` for a `[[sources]]` entry.
 //!
-//! Camera formats and frame sizes need V4L2 ioctls, which this build does not have yet: they are reported as
-//! unknown.
+//! On the real machine (`/`), builds with the `v4l2` feature also open each camera node read-only to list its
+//! card, bus id and modes (format, size, rates: what a `type = "v4l2"` source can ask for), and builds with the
+//! `microphone` feature list cpal's input devices with the ids a `type = "microphone"` source takes. Nothing is
+//! streamed.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 /// A camera node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Camera {
     /// `/dev/videoN`.
     pub path: String,
@@ -22,6 +24,36 @@ pub struct Camera {
     pub name: String,
     /// The node's index within its device (0: the capture node of a UVC camera).
     pub index: Option<u32>,
+    /// What V4L2 reports (builds with the `v4l2` feature, on the real machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v4l2: Option<CameraDetails>,
+}
+
+/// A camera node as V4L2 describes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CameraDetails {
+    /// Card name (usable as a source's `device`).
+    pub card: String,
+    /// Bus id (usable as a source's `device`).
+    pub bus: String,
+    /// Driver.
+    pub driver: String,
+    /// Capture modes; empty for metadata nodes.
+    pub modes: Vec<crate::sources::camera::OfferedMode>,
+    /// Why the node could not be queried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An input device as cpal sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CpalInput {
+    /// The id a microphone source's `device` takes (`alsa:hw:CARD=Mic,DEV=0`).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Default configuration, e.g. `2 ch 48000 Hz i16`.
+    pub default_config: Option<String>,
 }
 
 /// An ALSA capture device.
@@ -45,12 +77,15 @@ pub struct SerialPort {
 }
 
 /// Everything found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Devices {
     /// Cameras.
     pub cameras: Vec<Camera>,
     /// Audio inputs.
     pub audio_inputs: Vec<AudioInput>,
+    /// Input devices through cpal (builds with the `microphone` feature, on the real machine).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub microphones: Vec<CpalInput>,
     /// Serial ports.
     pub serial_ports: Vec<SerialPort>,
 }
@@ -78,6 +113,7 @@ pub fn list(root: &Path) -> Devices {
             path: format!("/dev/{file}"),
             name: read_trim(&node.join("name")).unwrap_or_default(),
             index: read_trim(&node.join("index")).and_then(|i| i.parse().ok()),
+            v4l2: None,
         });
     }
     // /proc/asound/pcm: "00-00: ALC897 Analog : ALC897 Analog : playback 1 : capture 1" (card-device: id : name : …)
@@ -143,6 +179,56 @@ pub fn list(root: &Path) -> Devices {
     d
 }
 
+/// Adds what the drivers report: camera modes (feature `v4l2`) and cpal inputs (feature `microphone`). Only for
+/// the real machine: it opens `/dev/video*` nodes read-only and asks the audio host for its devices.
+#[cfg_attr(
+    not(any(feature = "v4l2", feature = "microphone")),
+    allow(unused_variables, reason = "nothing to query without the drivers")
+)]
+pub fn query_drivers(d: &mut Devices) {
+    #[cfg(feature = "v4l2")]
+    for c in &mut d.cameras {
+        c.v4l2 = Some(match v4l::Device::with_path(&c.path) {
+            Ok(dev) => {
+                let caps = dev.query_caps();
+                let modes = crate::sources::v4l2::offered_modes(&dev, None);
+                let (card, bus, driver) = caps.map(|c| (c.card, c.bus, c.driver)).unwrap_or_default();
+                CameraDetails {
+                    card,
+                    bus,
+                    driver,
+                    error: modes.as_ref().err().map(|e| format!("cannot list formats: {e}")),
+                    modes: modes.unwrap_or_default(),
+                }
+            }
+            Err(e) => CameraDetails {
+                card: String::new(),
+                bus: String::new(),
+                driver: String::new(),
+                modes: Vec::new(),
+                error: Some(format!("cannot open: {e}")),
+            },
+        });
+    }
+    #[cfg(feature = "microphone")]
+    {
+        use cpal::traits::{DeviceTrait, HostTrait};
+        let host = cpal::default_host();
+        if let Ok(inputs) = host.input_devices() {
+            for dev in inputs {
+                d.microphones.push(CpalInput {
+                    id: crate::sources::microphone::device_label(&dev),
+                    name: dev.description().map(|x| x.name().to_owned()).unwrap_or_default(),
+                    default_config: dev
+                        .default_input_config()
+                        .ok()
+                        .map(|c| format!("{} ch {} Hz {}", c.channels(), c.sample_rate(), c.sample_format())),
+                });
+            }
+        }
+    }
+}
+
 /// A human-readable listing.
 pub fn render(d: &Devices) -> String {
     let mut out = String::new();
@@ -156,10 +242,21 @@ pub fn render(d: &Devices) -> String {
             Some(_) => "metadata/other",
             None => "unknown role",
         };
-        out.push_str(&format!(
-            "  {}  {}  ({role}; formats: unknown — this build has no V4L2 support yet)\n",
-            c.path, c.name
-        ));
+        match &c.v4l2 {
+            None => out.push_str(&format!("  {}  {}  ({role})\n", c.path, c.name)),
+            Some(v) => {
+                out.push_str(&format!(
+                    "  {}  {}  ({role}; bus {:?}, driver {})\n",
+                    c.path, c.name, v.bus, v.driver
+                ));
+                if let Some(e) = &v.error {
+                    out.push_str(&format!("      {e}\n"));
+                }
+                for m in &v.modes {
+                    out.push_str(&format!("      {} {}x{} {}\n", m.format, m.width, m.height, m.rates));
+                }
+            }
+        }
     }
     out.push_str("Audio inputs (ALSA):\n");
     if d.audio_inputs.is_empty() {
@@ -167,6 +264,17 @@ pub fn render(d: &Devices) -> String {
     }
     for a in &d.audio_inputs {
         out.push_str(&format!("  {}  {}\n", a.alsa, a.name));
+    }
+    if !d.microphones.is_empty() {
+        out.push_str("Microphones (cpal; `device` of a microphone source):\n");
+        for m in &d.microphones {
+            out.push_str(&format!(
+                "  {}  {}  ({})\n",
+                m.id,
+                m.name,
+                m.default_config.as_deref().unwrap_or("no default configuration")
+            ));
+        }
     }
     out.push_str("Serial ports:\n");
     if d.serial_ports.is_empty() {
@@ -261,7 +369,46 @@ mod tests {
             ["/dev/serial/by-id/usb-FTDI_FT232R_A50285BI-if00-port0"]
         );
         let text = render(&d);
-        assert!(text.contains("/dev/video0  HD Pro Webcam C920  (capture;") && text.contains("hw:2,0  USB Audio"));
+        assert!(text.contains("/dev/video0  HD Pro Webcam C920  (capture)") && text.contains("hw:2,0  USB Audio"));
+    }
+
+    #[test]
+    fn camera_modes_and_microphones_are_rendered() {
+        use crate::sources::camera::{OfferedMode, Rates};
+        let mut d = Devices::default();
+        d.cameras.push(Camera {
+            path: "/dev/video0".into(),
+            name: "PureThermal (fw:v1.3.0)".into(),
+            index: Some(0),
+            v4l2: Some(CameraDetails {
+                card: "PureThermal (fw:v1.3.0)".into(),
+                bus: "usb-0000:00:14.0-2".into(),
+                driver: "uvcvideo".into(),
+                modes: vec![OfferedMode {
+                    format: "Y16".into(),
+                    width: 160,
+                    height: 120,
+                    rates: Rates::Discrete(vec![8.7]),
+                }],
+                error: None,
+            }),
+        });
+        d.microphones.push(CpalInput {
+            id: "alsa:hw:CARD=Device,DEV=0".into(),
+            name: "USB PnP Sound Device".into(),
+            default_config: Some("1 ch 48000 Hz i16".into()),
+        });
+        let text = render(&d);
+        assert!(
+            text.contains("(capture; bus \"usb-0000:00:14.0-2\", driver uvcvideo)\n      Y16 160x120 8.70 fps\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  alsa:hw:CARD=Device,DEV=0  USB PnP Sound Device  (1 ch 48000 Hz i16)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&d).unwrap_or_default();
+        assert_eq!(json["cameras"][0]["v4l2"]["modes"][0]["rates"]["discrete"][0], 8.7);
     }
 
     #[test]

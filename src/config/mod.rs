@@ -409,6 +409,133 @@ pub enum SourceConfig {
     Synthetic(SyntheticSourceConfig),
     /// An IMU on a serial port.
     Serial(SerialSourceConfig),
+    /// A V4L2 camera: colour, depth (Z16) or thermal (Y16).
+    V4l2(V4l2SourceConfig),
+    /// A GStreamer pipeline ending in an appsink: Jetson CSI cameras, RTSP, files.
+    Gstreamer(GstreamerSourceConfig),
+    /// A microphone through cpal.
+    Microphone(MicrophoneSourceConfig),
+}
+
+/// `type = "v4l2"`: a Video4Linux2 camera (docs in `sources::v4l2`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct V4l2SourceConfig {
+    /// Sensor name: lower-case letters, digits, `_` and `-`; unique.
+    pub name: String,
+    /// What it senses: `vision`, `depth` or `thermal`.
+    pub modality: Modality,
+    /// The device: a path (`/dev/video0`, a stable `/dev/v4l/by-id/...` link), or the card name or bus id
+    /// `sensebind devices` shows (`"PureThermal (fw:v1.3.0)"`, `"usb-0000:00:14.0-2"`).
+    pub device: String,
+    /// Pixel format (fourcc): `YUYV`, `MJPG`, `RGB3`, `GREY`, `Y16` or `Z16`. Default: the first the device
+    /// offers among those that suit the modality (vision: MJPG, YUYV, RGB3, GREY; depth: Z16; thermal: Y16, GREY).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Frame width in pixels (default: the largest the device offers in that format, up to 1920).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Frame height in pixels (set with `width`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Frames per second (default: the highest the device offers for that size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_hz: Option<f64>,
+    /// Memory-mapped driver buffers (2 to 32): frames the driver can hold while the source converts one.
+    #[serde(default = "default_v4l2_buffers")]
+    pub buffers: u32,
+    /// depth: metres per Z16 unit (RealSense: 0.001).
+    #[serde(default = "default_depth_unit")]
+    pub depth_unit_m: f64,
+    /// Window length in seconds (default per modality, as for replay).
+    #[serde(default)]
+    pub window_secs: Option<f64>,
+    /// Seconds between windows.
+    #[serde(default)]
+    pub hop_secs: Option<f64>,
+}
+
+fn default_v4l2_buffers() -> u32 {
+    4
+}
+fn default_depth_unit() -> f64 {
+    0.001
+}
+
+/// `type = "gstreamer"`: frames from a GStreamer pipeline (docs in `sources::gstreamer`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GstreamerSourceConfig {
+    /// Sensor name: lower-case letters, digits, `_` and `-`; unique.
+    pub name: String,
+    /// What it senses: `vision`, `depth` or `thermal`.
+    pub modality: Modality,
+    /// The pipeline in `gst-launch-1.0` syntax, without a sink: the source appends
+    /// `! videoconvert ! appsink` with the formats the modality accepts (vision: RGB, YUY2, GRAY8; depth:
+    /// GRAY16_LE; thermal: GRAY16_LE, GRAY8). E.g. `nvarguscamerasrc ! nvvidconv` on a Jetson, or
+    /// `rtspsrc location=rtsp://cam/stream latency=200 ! decodebin`.
+    pub pipeline: String,
+    /// The stream's nominal frame rate: sizes the ring and sets the gap threshold (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_hz: Option<f64>,
+    /// depth: metres per GRAY16 unit.
+    #[serde(default = "default_depth_unit")]
+    pub depth_unit_m: f64,
+    /// Window length in seconds (default per modality, as for replay).
+    #[serde(default)]
+    pub window_secs: Option<f64>,
+    /// Seconds between windows.
+    #[serde(default)]
+    pub hop_secs: Option<f64>,
+}
+
+/// `type = "microphone"`: audio capture through cpal (docs in `sources::microphone`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MicrophoneSourceConfig {
+    /// Sensor name: lower-case letters, digits, `_` and `-`; unique.
+    pub name: String,
+    /// What it senses: `audio`.
+    pub modality: Modality,
+    /// The input device: `default`, a cpal device id as `sensebind devices` lists it (`alsa:hw:CARD=Mic,DEV=0`,
+    /// `alsa:default`), or text its name or description contains.
+    #[serde(default = "default_mic_device")]
+    pub device: String,
+    /// Sample rate to open the device at (default: the device's own). Windows are resampled to 16 kHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_hz: Option<u32>,
+    /// Channels to open the device with (default: the device's own); only `channel` is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u16>,
+    /// The 0-based channel kept (ImageBind's audio tower takes one channel; its loader uses the first).
+    #[serde(default)]
+    pub channel: u16,
+    /// Sample format to open the device with: `i16`, `i32` or `f32` (default: the device's own when it is one
+    /// of these, else the first of them the device offers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_format: Option<MicSampleFormat>,
+    /// Window length in seconds (default 2).
+    #[serde(default)]
+    pub window_secs: Option<f64>,
+    /// Seconds between windows (default: half the window).
+    #[serde(default)]
+    pub hop_secs: Option<f64>,
+}
+
+/// Sample formats a microphone can be opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MicSampleFormat {
+    /// 16-bit signed integers.
+    I16,
+    /// 32-bit signed integers.
+    I32,
+    /// 32-bit floats in [-1, 1].
+    F32,
+}
+
+fn default_mic_device() -> String {
+    "default".into()
 }
 
 /// How a serial IMU frames its readings.
@@ -492,6 +619,18 @@ fn default_gyro_unit() -> crate::preprocess::imu::GyroUnit {
 }
 fn default_serial_rate() -> f64 {
     100.0
+}
+
+fn check_camera_modality(m: Modality, push: &mut dyn FnMut(String)) {
+    if !matches!(m, Modality::Vision | Modality::Depth | Modality::Thermal) {
+        push(format!("cameras feed vision, depth or thermal, got {m}"));
+    }
+}
+
+fn check_depth_unit(unit: f64, push: &mut dyn FnMut(String)) {
+    if !(unit.is_finite() && unit > 0.0 && unit <= 1.0) {
+        push(format!("must be between 0 and 1 metre, got {unit}"));
+    }
 }
 
 /// Window settings shared by every source.
@@ -598,6 +737,9 @@ impl SourceConfig {
             SourceConfig::Replay(c) => &c.name,
             SourceConfig::Synthetic(c) => &c.name,
             SourceConfig::Serial(c) => &c.name,
+            SourceConfig::V4l2(c) => &c.name,
+            SourceConfig::Gstreamer(c) => &c.name,
+            SourceConfig::Microphone(c) => &c.name,
         }
     }
 
@@ -607,6 +749,9 @@ impl SourceConfig {
             SourceConfig::Replay(c) => c.modality,
             SourceConfig::Synthetic(c) => c.modality,
             SourceConfig::Serial(c) => c.modality,
+            SourceConfig::V4l2(c) => c.modality,
+            SourceConfig::Gstreamer(c) => c.modality,
+            SourceConfig::Microphone(c) => c.modality,
         }
     }
 
@@ -616,6 +761,9 @@ impl SourceConfig {
             SourceConfig::Replay(c) => (c.window_secs, c.hop_secs),
             SourceConfig::Synthetic(c) => (c.window_secs, c.hop_secs),
             SourceConfig::Serial(c) => (c.window_secs, c.hop_secs),
+            SourceConfig::V4l2(c) => (c.window_secs, c.hop_secs),
+            SourceConfig::Gstreamer(c) => (c.window_secs, c.hop_secs),
+            SourceConfig::Microphone(c) => (c.window_secs, c.hop_secs),
         };
         let default_window = match self.modality() {
             Modality::Vision | Modality::Audio => 2.0,
@@ -1494,6 +1642,101 @@ fn validate(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Vec<ConfigIssue
                             format!("field {tc} is also an acceleration or angular-rate field"),
                         );
                     }
+                }
+            }
+            SourceConfig::V4l2(vc) => {
+                if !cfg!(feature = "v4l2") {
+                    push(
+                        p("type"),
+                        "this build has no V4L2 support (built without the `v4l2` feature)".into(),
+                    );
+                }
+                check_camera_modality(vc.modality, &mut |m| push(p("modality"), m));
+                if vc.device.trim().is_empty() {
+                    push(
+                        p("device"),
+                        "needs a path such as /dev/video0, or the card name or bus id".into(),
+                    );
+                }
+                if let Some(f) = &vc.format {
+                    match crate::sources::pixfmt::PixelFormat::from_name(f) {
+                        None => push(
+                            p("format"),
+                            format!("{f:?} is not a supported pixel format (YUYV, MJPG, RGB3, GREY, Y16, Z16)"),
+                        ),
+                        Some(pf) if !crate::sources::camera::format_suits(pf, vc.modality) => push(
+                            p("format"),
+                            format!("{pf} frames cannot feed the {} tower", vc.modality),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                match (vc.width, vc.height) {
+                    (Some(w), Some(h)) if w == 0 || h == 0 || w > 16_384 || h > 16_384 => {
+                        push(p("width"), format!("{w}x{h} is not a usable frame size"));
+                    }
+                    (Some(_), None) | (None, Some(_)) => {
+                        push(p("width"), "set width and height together".into());
+                    }
+                    _ => {}
+                }
+                if let Some(r) = vc.rate_hz.filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 1000.0)) {
+                    push(p("rate_hz"), format!("must be between 0 and 1000, got {r}"));
+                }
+                if !(2..=32).contains(&vc.buffers) {
+                    push(p("buffers"), format!("must be between 2 and 32, got {}", vc.buffers));
+                }
+                check_depth_unit(vc.depth_unit_m, &mut |m| push(p("depth_unit_m"), m));
+            }
+            SourceConfig::Gstreamer(gc) => {
+                if !cfg!(feature = "gstreamer") {
+                    push(
+                        p("type"),
+                        "this build has no GStreamer support (built without the `gstreamer` feature)".into(),
+                    );
+                }
+                check_camera_modality(gc.modality, &mut |m| push(p("modality"), m));
+                if gc.pipeline.trim().is_empty() {
+                    push(
+                        p("pipeline"),
+                        "needs a pipeline, e.g. \"v4l2src device=/dev/video0\"".into(),
+                    );
+                }
+                if let Some(r) = gc.rate_hz.filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 1000.0)) {
+                    push(p("rate_hz"), format!("must be between 0 and 1000, got {r}"));
+                }
+                check_depth_unit(gc.depth_unit_m, &mut |m| push(p("depth_unit_m"), m));
+            }
+            SourceConfig::Microphone(mc) => {
+                if !cfg!(feature = "microphone") {
+                    push(
+                        p("type"),
+                        "this build has no microphone support (built without the `microphone` feature)".into(),
+                    );
+                }
+                if mc.modality != Modality::Audio {
+                    push(
+                        p("modality"),
+                        format!("microphones are audio: use modality = \"audio\", got {}", mc.modality),
+                    );
+                }
+                if mc.device.trim().is_empty() {
+                    push(
+                        p("device"),
+                        "needs \"default\", a device id or part of a device name".into(),
+                    );
+                }
+                if let Some(r) = mc.rate_hz.filter(|r| !(4000..=384_000).contains(r)) {
+                    push(p("rate_hz"), format!("must be between 4000 and 384000, got {r}"));
+                }
+                if let Some(c) = mc.channels.filter(|c| !(1..=64).contains(c)) {
+                    push(p("channels"), format!("must be between 1 and 64, got {c}"));
+                }
+                if let Some(c) = mc.channels.filter(|&c| mc.channel >= c) {
+                    push(
+                        p("channel"),
+                        format!("channel {} does not exist with {c} channels (0-based)", mc.channel),
+                    );
                 }
             }
         }

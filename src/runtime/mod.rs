@@ -154,6 +154,7 @@ impl Metrics {
                         "rate_hz": (c.source.rate_hz() * 1000.0).round() / 1000.0,
                         "gaps_total": r(&c.source.gaps_total),
                         "max_gap_ms": r(&c.source.max_gap_ms),
+                        "overrun_samples_total": r(&c.source.overrun_samples_total),
                         "ring_dropped_total": r(&c.ring.dropped),
                         "windows_total": r(&c.windows_total),
                         "window_errors_total": r(&c.window_errors_total),
@@ -372,6 +373,9 @@ fn ring_capacity(s: &SourceConfig, ring_secs: f64, ring_max_bytes: u64) -> usize
         SourceConfig::Replay(r) => r.rate_hz,
         SourceConfig::Synthetic(c) => c.rate_hz,
         SourceConfig::Serial(c) => Some(c.rate_hz),
+        SourceConfig::V4l2(c) => c.rate_hz,
+        SourceConfig::Gstreamer(c) => c.rate_hz,
+        SourceConfig::Microphone(_) => None,
     };
     let per_sec = match s.modality() {
         // Audio arrives in blocks of at least 5 ms.
@@ -388,6 +392,35 @@ fn ring_capacity(s: &SourceConfig, ring_secs: f64, ring_max_bytes: u64) -> usize
         _ => by_time,
     }
     .max(2)
+}
+
+/// The sources behind cargo features; a build without the feature refuses the source (the configuration check
+/// reports it first).
+fn hardware_source(sc: &SourceConfig) -> anyhow::Result<Box<dyn Source>> {
+    #[allow(dead_code, reason = "used only by builds without some of the features")]
+    fn missing(sc: &SourceConfig, feature: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "source {:?}: this build has no {feature} support (built without the `{feature}` feature)",
+            sc.name()
+        )
+    }
+    match sc {
+        #[cfg(feature = "v4l2")]
+        SourceConfig::V4l2(c) => Ok(Box::new(crate::sources::v4l2::V4l2Source::new(c.clone()))),
+        #[cfg(feature = "gstreamer")]
+        SourceConfig::Gstreamer(c) => Ok(Box::new(crate::sources::gstreamer::GstreamerSource::new(c.clone())?)),
+        #[cfg(feature = "microphone")]
+        SourceConfig::Microphone(c) => Ok(Box::new(crate::sources::microphone::MicrophoneSource::new(c.clone()))),
+        #[cfg(not(feature = "v4l2"))]
+        SourceConfig::V4l2(_) => Err(missing(sc, "v4l2")),
+        #[cfg(not(feature = "gstreamer"))]
+        SourceConfig::Gstreamer(_) => Err(missing(sc, "gstreamer")),
+        #[cfg(not(feature = "microphone"))]
+        SourceConfig::Microphone(_) => Err(missing(sc, "microphone")),
+        SourceConfig::Replay(_) | SourceConfig::Synthetic(_) | SourceConfig::Serial(_) => {
+            Err(anyhow::anyhow!("source {:?} is not a hardware source", sc.name()))
+        }
+    }
 }
 
 /// Runs the daemon until `stop_requested` completes (a signal), `options.duration` passes, or every source ends.
@@ -608,6 +641,7 @@ pub async fn run(
             }
             SourceConfig::Synthetic(s) => Box::new(SyntheticSource::new(s.clone())),
             SourceConfig::Serial(s) => Box::new(SerialImuSource::new(s.clone())),
+            other => hardware_source(other)?,
         };
         let (producer, consumer) = ring(ring_capacity(sc, cfg.runtime.ring_secs, cfg.runtime.ring_max_bytes));
         let counters = Arc::new(SourceCounters {

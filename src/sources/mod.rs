@@ -5,12 +5,20 @@
 //! stage falls behind the oldest samples are dropped and counted. Sources stop when the shutdown flag is raised.
 //!
 //! Implementations: [`replay`] (recorded files at their real pace), [`synthetic`] (test signals) and
-//! [`serial`] (IMUs on a serial port). Other hardware drivers implement the same [`Source`] trait.
+//! [`serial`] (IMUs on a serial port), and behind cargo features (all on in the shipped build) `v4l2` cameras,
+//! `gstreamer` pipelines and `microphone`s through cpal. Camera sources share [`camera`] and [`pixfmt`].
 
+pub mod camera;
+#[cfg(feature = "gstreamer")]
+pub mod gstreamer;
+#[cfg(feature = "microphone")]
+pub mod microphone;
 pub mod pixfmt;
 pub mod replay;
 pub mod serial;
 pub mod synthetic;
+#[cfg(feature = "v4l2")]
+pub mod v4l2;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,6 +152,9 @@ pub struct SourceStats {
     pub gaps_total: AtomicU64,
     /// The longest such gap, milliseconds.
     pub max_gap_ms: AtomicU64,
+    /// Samples the device delivered that the source had to drop before they reached the ring (a microphone's
+    /// capture buffer full, a driver reporting an overrun).
+    pub overrun_samples_total: AtomicU64,
 }
 
 impl SourceStats {
@@ -219,6 +230,11 @@ impl SourceOutput {
         if let Some(t) = &self.wake {
             t.unpark();
         }
+    }
+
+    /// The counters this output writes (for a driver callback that counts on its own).
+    pub fn stats_handle(&self) -> Arc<SourceStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Records a skipped item.

@@ -73,6 +73,24 @@ impl PixelFormat {
         }
     }
 
+    /// The format named `name` as [`PixelFormat::name`] writes it (case-insensitive; `JPEG` and `YUY2` are
+    /// accepted as the same streams).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let upper = name.trim().to_ascii_uppercase();
+        match upper.as_str() {
+            "YUY2" => Some(Self::Yuyv),
+            _ => {
+                let mut fourcc = [b' '; 4];
+                let bytes = upper.as_bytes();
+                if bytes.is_empty() || bytes.len() > 4 {
+                    return None;
+                }
+                fourcc[..bytes.len()].copy_from_slice(bytes);
+                Self::from_fourcc(fourcc)
+            }
+        }
+    }
+
     /// The V4L2 fourcc, space-padded to four bytes as V4L2 defines it (`b"Y16 "`).
     pub const fn fourcc(self) -> [u8; 4] {
         match self {
