@@ -85,6 +85,8 @@ fn with_models(rest: &str) -> String {
     )
 }
 
+/// (A build without the `onnxruntime` feature also refuses `backend = "onnxruntime"` itself: one more issue.)
+#[cfg(feature = "onnxruntime")]
 #[test]
 fn backend_settings_are_validated_with_their_key_paths() {
     let text = with_models(

@@ -38,6 +38,12 @@ struct FifoMic {
 impl FifoMic {
     /// `raw`: mono s16le at 48 kHz, looped.
     fn start(raw: Vec<u8>) -> Self {
+        Self::start_with(raw, 2)
+    }
+
+    /// `raw`: mono 48 kHz samples of `bytes_per_sample` bytes, looped.
+    fn start_with(raw: Vec<u8>, bytes_per_sample: usize) -> Self {
+        let bytes_per_sec = f64::from(RATE) * bytes_per_sample as f64;
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("mic.fifo");
         assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
@@ -54,14 +60,22 @@ impl FifoMic {
         .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        // While `dir/pause` exists the feeder writes nothing (a device that stops delivering).
+        let pause = dir.path().join("pause");
         // Opened read-write: there is always a writer, so alsa-lib's open never blocks and never sees EOF.
         let mut pipe = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
         let feeder = spawn_named(move || {
-            let chunk = (RATE as usize / 100) * 2; // 10 ms
+            let chunk = (RATE as usize / 100) * bytes_per_sample; // 10 ms
             let start = Instant::now();
             let mut sent = 0usize;
+            let mut paused = Duration::ZERO;
             while !flag.load(Ordering::Relaxed) {
-                let due = start + Duration::from_secs_f64(sent as f64 / (f64::from(RATE) * 2.0));
+                if pause.exists() {
+                    std::thread::sleep(Duration::from_millis(10));
+                    paused += Duration::from_millis(10);
+                    continue;
+                }
+                let due = start + paused + Duration::from_secs_f64(sent as f64 / bytes_per_sec);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
@@ -102,25 +116,20 @@ impl Drop for FifoMic {
 
 /// A 1 kHz sine at −12 dBFS peak, 48 kHz mono s16le, made by sox.
 fn sine_raw(dir: &Path) -> Vec<u8> {
-    let out = dir.join("sine1k.raw");
+    sine_raw_as(dir, "16", "signed-integer")
+}
+
+/// The same tone with `bits` bits per sample in sox's `encoding` (little-endian).
+fn sine_raw_as(dir: &Path, bits: &str, encoding: &str) -> Vec<u8> {
+    let out = dir.join(format!("sine1k-{bits}-{encoding}.raw"));
     let ok = Command::new("sox")
         .args([
-            "-n",
-            "-r",
-            "48000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-            "-t",
-            "raw",
+            "-n", "-r", "48000", "-c", "1", "-b", bits, "-e", encoding, "-L", "-t", "raw",
         ])
         .arg(&out)
         .args(["synth", "1", "sine", "1000", "gain", "-12"])
         .status()
-        .expect("sox is installed (tools/test installs it)")
+        .expect("sox is installed (tools/install-deps installs it)")
         .success();
     assert!(ok, "sox failed");
     std::fs::read(out).unwrap()
@@ -128,7 +137,15 @@ fn sine_raw(dir: &Path) -> Vec<u8> {
 
 /// Re-runs this test binary for test `name` with the FIFO microphone as ALSA's default.
 fn run_child(name: &str, mic: &FifoMic) {
-    let out = Command::new(std::env::current_exe().unwrap())
+    run_child_with(name, mic, &[]);
+}
+
+fn run_child_with(name: &str, mic: &FifoMic, env: &[(&str, &str)]) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
         .env("XDG_CONFIG_HOME", mic.config_home())
@@ -362,4 +379,106 @@ text = "a pure tone"
 /// A named thread (the project's lint forbids anonymous ones).
 fn spawn_named<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
     std::thread::Builder::new().name("test-worker".into()).spawn(f).unwrap()
+}
+
+/// Captures `secs` seconds from the default device opened as `config` says; returns the audio blocks' samples.
+fn capture(config: MicrophoneSourceConfig, secs: f64) -> (Vec<f32>, Arc<SourceStats>) {
+    let mut source = MicrophoneSource::new(config);
+    let (producer, consumer) = ring(4096);
+    let stats = Arc::new(SourceStats::default());
+    let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
+    let stop = StopFlag::new();
+    let thread_stop = stop.clone();
+    let handle = spawn_named(move || source.run(&mut out, &thread_stop));
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.raise();
+    handle.join().unwrap().unwrap();
+    let mut samples = Vec::new();
+    consumer.drain_into(&mut samples);
+    let audio = samples
+        .into_iter()
+        .flat_map(|s| match s {
+            Sample::Audio { samples, .. } => samples,
+            _ => Vec::new(),
+        })
+        .collect();
+    (audio, stats)
+}
+
+/// i16, i32 and f32 streams of the same tone all arrive as the same floats.
+#[test]
+fn every_sample_format_reads_the_same_tone() {
+    if !in_child() {
+        for (bits, encoding, format) in [
+            ("16", "signed-integer", "i16"),
+            ("32", "signed-integer", "i32"),
+            ("32", "floating-point", "f32"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let bytes = bits.parse::<usize>().unwrap() / 8;
+            let mic = FifoMic::start_with(sine_raw_as(dir.path(), bits, encoding), bytes);
+            run_child_with(
+                "every_sample_format_reads_the_same_tone",
+                &mic,
+                &[("SENSEBIND_TEST_FORMAT", format)],
+            );
+        }
+        return;
+    }
+    let format = match std::env::var("SENSEBIND_TEST_FORMAT").as_deref() {
+        Ok("i32") => MicSampleFormat::I32,
+        Ok("f32") => MicSampleFormat::F32,
+        _ => MicSampleFormat::I16,
+    };
+    let mut config = mic_config("default");
+    config.sample_format = Some(format);
+    let (audio, stats) = capture(config, 2.5);
+    assert!(audio.len() > 48_000, "{format:?}: {} samples", audio.len());
+    assert_eq!(stats.overrun_samples_total.load(Ordering::Relaxed), 0);
+    let tail = &audio[audio.len() - 48_000..];
+    let peak = tail.iter().fold(0f32, |a, &x| a.max(x.abs()));
+    let peak_dbfs = 20.0 * f64::from(peak).log10();
+    assert!((peak_dbfs + 12.0).abs() < 0.2, "{format:?}: peak {peak_dbfs:.2} dBFS");
+    let at_1k = goertzel(tail, 1000.0, f64::from(RATE));
+    assert!((at_1k / 0.0315 - 1.0).abs() < 0.07, "{format:?}: 1 kHz power {at_1k}");
+}
+
+/// A device that stops delivering is closed after 2 s (offline, counted as lost) and reopened; when it delivers
+/// again the sensor is back online and samples flow.
+#[test]
+fn a_stalled_device_goes_offline_and_comes_back() {
+    if !in_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let mic = FifoMic::start(sine_raw(dir.path()));
+        run_child("a_stalled_device_goes_offline_and_comes_back", &mic);
+        return;
+    }
+    let pause = std::path::PathBuf::from(std::env::var_os("XDG_CONFIG_HOME").unwrap()).join("pause");
+    let mut source = MicrophoneSource::new(mic_config("default"));
+    let (producer, consumer) = ring(4096);
+    let stats = Arc::new(SourceStats::default());
+    let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
+    let stop = StopFlag::new();
+    let thread_stop = stop.clone();
+    let handle = spawn_named(move || source.run(&mut out, &thread_stop));
+    let wait = |what: &str, secs: u64, cond: &dyn Fn() -> bool| {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let samples = || stats.samples_total.load(Ordering::Relaxed);
+    wait("samples", 5, &|| samples() > 50);
+    std::fs::write(&pause, b"").unwrap();
+    wait("offline", 8, &|| stats.offline.load(Ordering::Relaxed));
+    assert_eq!(stats.lost_total.load(Ordering::Relaxed), 1);
+    std::fs::remove_file(&pause).unwrap();
+    let before = samples();
+    wait("back online", 15, &|| {
+        !stats.offline.load(Ordering::Relaxed) && samples() > before + 50
+    });
+    stop.raise();
+    handle.join().unwrap().unwrap();
+    drop(consumer);
 }
