@@ -43,8 +43,6 @@ use super::pixfmt::PixelFormat;
 use super::{Sample, Source, SourceError, SourceOutput, StopFlag};
 
 const SINK_NAME: &str = "sensebind_sink";
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PULL_TIMEOUT_MS: u64 = 100;
 
 /// A GStreamer camera.
@@ -262,42 +260,15 @@ impl Source for GstreamerSource {
     fn run(&mut self, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), SourceError> {
         out.expect_rate(self.config.rate_hz.unwrap_or(30.0));
         let name = self.config.name.clone();
-        let mut backoff = BACKOFF_MIN;
-        let mut warned = false;
-        while !stop.is_raised() {
-            let opened = Instant::now();
-            let mut played = false;
-            let result = self.start().and_then(|running| {
-                out.set_online(true);
-                tracing::info!(source = %name, pipeline = %self.config.pipeline, "GStreamer pipeline playing.");
-                played = true;
-                self.stream(&running, out, stop)
-            });
-            match result {
-                Ok(()) => break,
-                Err(reason) => {
-                    out.set_online(false);
-                    if played {
-                        out.lost();
-                        tracing::warn!(source = %name, reason = %reason, retry_in = ?backoff, "GStreamer pipeline lost; restarting.");
-                        warned = false;
-                    } else if warned {
-                        tracing::debug!(source = %name, reason = %reason, retry_in = ?backoff, "GStreamer pipeline failed to start.");
-                    } else {
-                        tracing::warn!(source = %name, reason = %reason, retry_in = ?backoff, "GStreamer pipeline failed to start; retrying (further failures are logged at debug level).");
-                        warned = true;
-                    }
-                }
-            }
-            // A pipeline that ran for a while starts again quickly; one that keeps failing backs off.
-            if opened.elapsed() > BACKOFF_MAX {
-                backoff = BACKOFF_MIN;
-            }
-            if stop.sleep(backoff) {
-                break;
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        let this = &*self;
+        super::run_with_reopen(
+            &name,
+            "GStreamer pipeline",
+            out,
+            stop,
+            |_| this.start().map(|r| (r, this.config.pipeline.clone())),
+            |running, out, stop| this.stream(running, out, stop),
+        );
         Ok(())
     }
 }

@@ -39,8 +39,6 @@ use crate::config::{MicSampleFormat, MicrophoneSourceConfig};
 
 use super::{Sample, Source, SourceError, SourceOutput, StopFlag};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(10);
 const STALL: Duration = Duration::from_secs(2);
 const RING_SECS: usize = 2;
@@ -451,42 +449,20 @@ impl MicrophoneSource {
 impl Source for MicrophoneSource {
     fn run(&mut self, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), SourceError> {
         let name = self.config.name.clone();
-        let mut backoff = BACKOFF_MIN;
-        let mut warned = false;
-        while !stop.is_raised() {
-            let opened = Instant::now();
-            match self.open(out) {
-                Ok(mut open) => {
-                    out.set_online(true);
-                    tracing::info!(source = %name, device = %open.description, "Microphone open.");
-                    warned = false;
-                    match self.stream(&mut open, out, stop) {
-                        Ok(()) => break,
-                        Err(reason) => {
-                            out.lost();
-                            out.set_online(false);
-                            tracing::warn!(source = %name, reason = %reason, retry_in = ?backoff, "Microphone lost; reopening.");
-                        }
-                    }
-                }
-                Err(reason) => {
-                    out.set_online(false);
-                    if warned {
-                        tracing::debug!(source = %name, reason = %reason, retry_in = ?backoff, "Cannot open the microphone.");
-                    } else {
-                        tracing::warn!(source = %name, reason = %reason, retry_in = ?backoff, "Cannot open the microphone; retrying (further failures are logged at debug level).");
-                        warned = true;
-                    }
-                }
-            }
-            if opened.elapsed() > BACKOFF_MAX {
-                backoff = BACKOFF_MIN;
-            }
-            if stop.sleep(backoff) {
-                break;
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        let this = &*self;
+        super::run_with_reopen(
+            &name,
+            "microphone",
+            out,
+            stop,
+            |out| {
+                this.open(out).map(|o| {
+                    let d = o.description.clone();
+                    (o, d)
+                })
+            },
+            |open, out, stop| this.stream(open, out, stop),
+        );
         Ok(())
     }
 }

@@ -281,6 +281,65 @@ pub trait Source: Send {
     fn run(&mut self, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), SourceError>;
 }
 
+/// First wait before reopening a lost device; doubles on every failure up to [`REOPEN_BACKOFF_MAX`].
+pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between attempts to reopen a device.
+pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The life of a hardware source: open the device, stream from it until it fails, and reopen it with a capped
+/// backoff ([`REOPEN_BACKOFF_MIN`] doubling to [`REOPEN_BACKOFF_MAX`]; back to the minimum after a device that
+/// streamed for longer than the maximum) until `stop` is raised.
+///
+/// `open` returns the open device and a description for the log; `stream` runs until `stop` (`Ok`) or until
+/// the device fails, ends or stalls (`Err` with why). The sensor is online exactly while a device is open; a
+/// device lost after opening is counted in `lost_total`. The first failure to open is a warning naming why;
+/// repeated failures are logged at debug level until the device has been open again.
+pub fn run_with_reopen<D>(
+    name: &str,
+    kind: &str,
+    out: &mut SourceOutput,
+    stop: &StopFlag,
+    mut open: impl FnMut(&mut SourceOutput) -> Result<(D, String), String>,
+    mut stream: impl FnMut(&mut D, &mut SourceOutput, &StopFlag) -> Result<(), String>,
+) {
+    let mut backoff = REOPEN_BACKOFF_MIN;
+    let mut warned = false;
+    while !stop.is_raised() {
+        let opened = std::time::Instant::now();
+        match open(out) {
+            Ok((mut device, description)) => {
+                out.set_online(true);
+                tracing::info!(source = %name, device = %description, "{kind} open.");
+                warned = false;
+                let result = stream(&mut device, out, stop);
+                if let Err(reason) = result {
+                    out.lost();
+                    out.set_online(false);
+                    tracing::warn!(source = %name, device = %description, reason = %reason, retry_in = ?backoff, "{kind} lost; reopening.");
+                } else {
+                    break;
+                }
+            }
+            Err(reason) => {
+                out.set_online(false);
+                if warned {
+                    tracing::debug!(source = %name, reason = %reason, retry_in = ?backoff, "Cannot open the {kind}.");
+                } else {
+                    tracing::warn!(source = %name, reason = %reason, retry_in = ?backoff, "Cannot open the {kind}; retrying (further failures are logged at debug level).");
+                    warned = true;
+                }
+            }
+        }
+        if opened.elapsed() > REOPEN_BACKOFF_MAX {
+            backoff = REOPEN_BACKOFF_MIN;
+        }
+        if stop.sleep(backoff) {
+            break;
+        }
+        backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
+    }
+}
+
 /// Paces a loop at real time: `wait_until(offset)` sleeps until `offset` after the pacer's start.
 #[derive(Debug)]
 pub struct Pacer {

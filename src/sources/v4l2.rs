@@ -35,8 +35,6 @@ use super::camera::{self, FrameConverter, ModeRequest, OfferedMode, Rates};
 use super::pixfmt::PixelFormat;
 use super::{Sample, Source, SourceError, SourceOutput, StopFlag};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// `POLLIN` from `<poll.h>` (the same value on every Linux architecture).
 const POLLIN: i16 = 0x001;
 
@@ -350,46 +348,23 @@ impl V4l2Source {
 impl Source for V4l2Source {
     fn run(&mut self, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), SourceError> {
         let name = self.config.name.clone();
-        let mut backoff = BACKOFF_MIN;
-        let mut warned = false;
-        while !stop.is_raised() {
-            let opened = Instant::now();
-            match self.open() {
-                Ok(cam) => {
-                    out.expect_rate(cam.rate_hz.unwrap_or(30.0));
-                    out.set_online(true);
-                    tracing::info!(
-                        source = %name, device = %cam.label, format = %cam.format, width = cam.width,
-                        height = cam.height, rate_hz = ?cam.rate_hz, "Camera streaming."
-                    );
-                    warned = false;
-                    match self.stream(&cam, out, stop) {
-                        Ok(()) => break,
-                        Err(reason) => {
-                            out.lost();
-                            out.set_online(false);
-                            tracing::warn!(source = %name, device = %cam.label, reason = %reason, retry_in = ?backoff, "Camera lost; reopening.");
-                        }
-                    }
-                }
-                Err(reason) => {
-                    out.set_online(false);
-                    if warned {
-                        tracing::debug!(source = %name, reason = %reason, retry_in = ?backoff, "Cannot open the camera.");
-                    } else {
-                        tracing::warn!(source = %name, reason = %reason, retry_in = ?backoff, "Cannot open the camera; retrying (further failures are logged at debug level).");
-                        warned = true;
-                    }
-                }
-            }
-            if opened.elapsed() > BACKOFF_MAX {
-                backoff = BACKOFF_MIN;
-            }
-            if stop.sleep(backoff) {
-                break;
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        let this = &*self;
+        super::run_with_reopen(
+            &name,
+            "camera",
+            out,
+            stop,
+            |out| {
+                let cam = this.open()?;
+                out.expect_rate(cam.rate_hz.unwrap_or(30.0));
+                let rate = cam
+                    .rate_hz
+                    .map_or_else(|| "rate set by the driver".into(), |r| format!("{r:.2} fps"));
+                let d = format!("{}: {} {}x{} {rate}", cam.label, cam.format, cam.width, cam.height);
+                Ok((cam, d))
+            },
+            |cam, out, stop| this.stream(cam, out, stop),
+        );
         Ok(())
     }
 }
