@@ -243,5 +243,5 @@ text = "a phone lying on a table"
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}\n{}", log());
-    assert!(log().contains("Serial IMU lost"), "{}", log());
+    assert!(log().contains("Lost the serial IMU; reopening."), "{}", log());
 }

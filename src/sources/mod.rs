@@ -309,13 +309,13 @@ pub fn run_with_reopen<D>(
         match open(out) {
             Ok((mut device, description)) => {
                 out.set_online(true);
-                tracing::info!(source = %name, device = %description, "{kind} open.");
+                tracing::info!(source = %name, device = %description, "Opened the {kind}.");
                 warned = false;
                 let result = stream(&mut device, out, stop);
                 if let Err(reason) = result {
                     out.lost();
                     out.set_online(false);
-                    tracing::warn!(source = %name, device = %description, reason = %reason, retry_in = ?backoff, "{kind} lost; reopening.");
+                    tracing::warn!(source = %name, device = %description, reason = %reason, retry_in = ?backoff, "Lost the {kind}; reopening.");
                 } else {
                     break;
                 }

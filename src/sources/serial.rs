@@ -318,53 +318,40 @@ impl SerialImuSource {
     }
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 impl Source for SerialImuSource {
     fn run(&mut self, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), SourceError> {
         let name = self.config.name.clone();
         let path = self.config.path.display().to_string();
-        let mut backoff = BACKOFF_MIN;
         let mut stamper = Stamper::new(self.config.rate_hz);
         let mut device_clock = DeviceClock::default();
         out.expect_rate(self.config.rate_hz);
         let mut buf = vec![0u8; 4096];
-        let mut was_online = false;
-        while !stop.is_raised() {
-            let opened = serialport::new(&path, self.config.baud_rate)
-                .timeout(Duration::from_millis(100))
-                .open_native();
-            let mut port = match opened {
-                Ok(p) => p,
-                Err(e) => {
-                    out.set_online(false);
-                    tracing::debug!(source = %name, path = %path, error = %e, retry_in = ?backoff, "Cannot open the serial port.");
-                    if stop.sleep(backoff) {
-                        break;
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
-                }
-            };
-            tracing::info!(source = %name, path = %path, baud = self.config.baud_rate, "Serial IMU online.");
-            out.set_online(true);
-            was_online = true;
-            backoff = BACKOFF_MIN;
-            let mut decoder = decoder(&self.config);
-            let lost = loop {
-                if stop.is_raised() {
-                    break None;
-                }
-                match port.read(&mut buf) {
-                    Ok(0) => break Some("end of stream".to_owned()),
-                    Ok(n) => {
-                        let arrival = crate::clock::now();
-                        let mut decoded = Decoded::default();
-                        decoder.feed(&buf[..n], &mut decoded);
-                        out.garbage(decoded.garbage_bytes);
-                        let times =
-                            if decoded.device_times.len() == decoded.readings.len() && !decoded.readings.is_empty() {
+        let config = &self.config;
+        super::run_with_reopen(
+            &name,
+            "serial IMU",
+            out,
+            stop,
+            |_| {
+                let port = serialport::new(&path, config.baud_rate)
+                    .timeout(Duration::from_millis(100))
+                    .open_native()
+                    .map_err(|e| format!("cannot open {path}: {e}"))?;
+                Ok((port, format!("{path} at {} baud", config.baud_rate)))
+            },
+            |port, out, stop| {
+                let mut decoder = decoder(config);
+                while !stop.is_raised() {
+                    match port.read(&mut buf) {
+                        Ok(0) => return Err("end of stream".to_owned()),
+                        Ok(n) => {
+                            let arrival = crate::clock::now();
+                            let mut decoded = Decoded::default();
+                            decoder.feed(&buf[..n], &mut decoded);
+                            out.garbage(decoded.garbage_bytes);
+                            let times = if decoded.device_times.len() == decoded.readings.len()
+                                && !decoded.readings.is_empty()
+                            {
                                 decoded
                                     .device_times
                                     .iter()
@@ -373,27 +360,18 @@ impl Source for SerialImuSource {
                             } else {
                                 stamper.stamp(arrival, decoded.readings.len())
                             };
-                        for (values, t) in decoded.readings.into_iter().zip(times) {
-                            out.push(Sample::Imu { t, values });
+                            for (values, t) in decoded.readings.into_iter().zip(times) {
+                                out.push(Sample::Imu { t, values });
+                            }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.to_string()),
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => break Some(e.to_string()),
                 }
-            };
-            if let Some(why) = lost {
-                out.set_online(false);
-                out.lost();
-                tracing::warn!(source = %name, path = %path, reason = %why, "Serial IMU lost; reopening.");
-                if stop.sleep(backoff) {
-                    break;
-                }
-            }
-        }
-        if !was_online {
-            tracing::warn!(source = %name, path = %path, "The serial port never opened before shutdown.");
-        }
+                Ok(())
+            },
+        );
         Ok(())
     }
 }

@@ -326,7 +326,11 @@ impl V4l2Source {
                 out.error();
                 continue;
             }
-            let used = (meta.bytesused as usize).min(buf.len());
+            // A few drivers leave `bytesused` at 0 for uncompressed formats: the whole buffer is the frame then.
+            let used = match meta.bytesused as usize {
+                0 => buf.len(),
+                n => n.min(buf.len()),
+            };
             match self
                 .converter
                 .convert(cam.format, cam.width, cam.height, cam.stride, &buf[..used])
