@@ -475,7 +475,8 @@ pub struct GstreamerSourceConfig {
     /// GRAY16_LE; thermal: GRAY16_LE, GRAY8). E.g. `nvarguscamerasrc ! nvvidconv` on a Jetson, or
     /// `rtspsrc location=rtsp://cam/stream latency=200 ! decodebin`.
     pub pipeline: String,
-    /// The stream's nominal frame rate: sizes the ring and sets the gap threshold (default 30).
+    /// The stream's nominal frame rate: sizes the ring (default 30) and, when set, the gap threshold (five
+    /// periods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_hz: Option<f64>,
     /// depth: metres per GRAY16 unit.

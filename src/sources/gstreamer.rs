@@ -258,7 +258,10 @@ fn bus_error(pipeline: &gst::Element) -> Option<String> {
 
 impl Source for GstreamerSource {
     fn run(&mut self, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), SourceError> {
-        out.expect_rate(self.config.rate_hz.unwrap_or(30.0));
+        // Gaps are judged against the configured rate only: a pipeline's real rate is not known in advance.
+        if let Some(rate) = self.config.rate_hz {
+            out.expect_rate(rate);
+        }
         let name = self.config.name.clone();
         let this = &*self;
         super::run_with_reopen(

@@ -360,7 +360,9 @@ impl Source for V4l2Source {
             stop,
             |out| {
                 let cam = this.open()?;
-                out.expect_rate(cam.rate_hz.unwrap_or(30.0));
+                if let Some(rate) = cam.rate_hz {
+                    out.expect_rate(rate);
+                }
                 let rate = cam
                     .rate_hz
                     .map_or_else(|| "rate set by the driver".into(), |r| format!("{r:.2} fps"));
