@@ -4,6 +4,8 @@
 #![cfg(feature = "gstreamer")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -244,4 +246,65 @@ fn a_source_that_fails_at_run_time_stays_offline_and_keeps_retrying() {
 /// A named thread (the project's lint forbids anonymous ones).
 fn spawn_named<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
     std::thread::Builder::new().name("test-worker".into()).spawn(f).unwrap()
+}
+
+/// The daemon runs a GStreamer camera end to end: frames → clips → the vision tower → labels over MQTT, with the
+/// sensor online at its frame rate.
+#[test]
+fn the_daemon_labels_a_gstreamer_camera() {
+    let broker = common::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = common::Subscriber::start(broker.port, "sensebind/#");
+    let config = format!(
+        r#"
+[device]
+id = "cam-rig"
+
+[runtime]
+state_dir = {state}
+stats_interval_secs = 1
+
+[models]
+dir = {models}
+
+[mqtt]
+url = "{url}"
+
+[[sources]]
+type = "gstreamer"
+name = "cam0"
+modality = "vision"
+pipeline = "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1"
+rate_hz = 15.0
+window_secs = 1.0
+hop_secs = 0.5
+
+[[prompts]]
+id = "ball"
+text = "a white ball moving"
+"#,
+        state = common::toml_str(&dir.path().join("state")),
+        models = common::toml_str(&common::root().join("models/imagebind-tiny")),
+        url = broker.url(),
+    );
+    let mut daemon = common::Daemon::start(dir.path(), "cam", &config, &[]);
+    let ok = sub.wait_for(Duration::from_secs(30), |msgs| {
+        let labelled = msgs.iter().any(|m| m.topic == "sensebind/cam-rig/labels/cam0");
+        labelled
+            && msgs.iter().filter(|m| m.topic == "sensebind/cam-rig/stats").any(|m| {
+                let s = &m.json()["sources"]["cam0"];
+                s["online"] == true
+                    && s["windows_total"].as_u64() >= Some(2)
+                    && s["rate_hz"].as_f64().is_some_and(|r| (13.0..=17.0).contains(&r))
+                    && s["gaps_total"] == 0
+            })
+    });
+    let stats: Vec<serde_json::Value> = sub
+        .snapshot()
+        .iter()
+        .filter(|m| m.topic == "sensebind/cam-rig/stats")
+        .map(|m| m.json()["sources"]["cam0"].clone())
+        .collect();
+    assert!(ok, "no labelled camera windows: {stats:?}\n{}", daemon.log());
+    daemon.stop();
 }
