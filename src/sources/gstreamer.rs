@@ -20,8 +20,9 @@
 //! syncs on the clock (`sync=true`), so a file plays at its real pace and a live camera's frames arrive as they
 //! are captured.
 //!
-//! **Timestamps**: a frame's time is its buffer's presentation time on the pipeline clock (base time + PTS), mapped
-//! onto the process clock by how long before the pull it lies; buffers without a PTS are stamped on arrival.
+//! **Timestamps**: a frame's time is its buffer's presentation time on the pipeline clock (base time + the PTS as
+//! running time in its segment), mapped onto the process clock by how long before the pull it lies; buffers
+//! without a PTS are stamped on arrival.
 //!
 //! **Loss and recovery**: an error or end-of-stream on the pipeline's bus, or no frame for `stall` (5 s, or ten
 //! frame periods if longer), marks the sensor offline and the pipeline is torn down and rebuilt with a capped
@@ -184,10 +185,17 @@ impl GstreamerSource {
         let (Some(pts), Some(base), Some(clock)) = (pts, pipeline.base_time(), pipeline.clock()) else {
             return now;
         };
+        // The PTS as running time in its segment (equal to the PTS for a live source starting at 0; not for a
+        // decoder whose segment starts elsewhere), plus the base time: the clock time the frame belongs to.
+        let running = sample
+            .segment()
+            .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
+            .and_then(|seg| seg.to_running_time(pts))
+            .unwrap_or(pts);
         let clock_now = clock.time();
         let ago = clock_now
             .nseconds()
-            .saturating_sub(base.nseconds().saturating_add(pts.nseconds()));
+            .saturating_sub(base.nseconds().saturating_add(running.nseconds()));
         Timestamp(now.0.saturating_sub(ago))
     }
 
