@@ -291,7 +291,9 @@ pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// streamed for longer than the maximum) until `stop` is raised.
 ///
 /// `open` returns the open device and a description for the log; `stream` runs until `stop` (`Ok`) or until
-/// the device fails, ends or stalls (`Err` with why). The sensor is online exactly while a device is open; a
+/// the device fails, ends or stalls (`Err` with why). A panic inside either (a driver crate's bug, e.g. the `v4l`
+/// crate unwrapping a device name that is not UTF-8) is caught and handled like a failure, so the source keeps
+/// retrying instead of dying. The sensor is online exactly while a device is open; a
 /// device lost after opening is counted in `lost_total`. The first failure to open is a warning naming why;
 /// repeated failures are logged at debug level until the device has been open again.
 pub fn run_with_reopen<D>(
@@ -306,12 +308,15 @@ pub fn run_with_reopen<D>(
     let mut warned = false;
     while !stop.is_raised() {
         let opened = std::time::Instant::now();
-        match open(out) {
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open(out)))
+            .unwrap_or_else(|p| Err(format!("the driver panicked: {}", crate::encode::panic_message(&p))));
+        match attempt {
             Ok((mut device, description)) => {
                 out.set_online(true);
                 tracing::info!(source = %name, device = %description, "Opened the {kind}.");
                 warned = false;
-                let result = stream(&mut device, out, stop);
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream(&mut device, out, stop)))
+                    .unwrap_or_else(|p| Err(format!("the driver panicked: {}", crate::encode::panic_message(&p))));
                 if let Err(reason) = result {
                     out.lost();
                     out.set_online(false);
@@ -369,5 +374,58 @@ impl Pacer {
         } else {
             stop.is_raised()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A driver that panics while opening, then while streaming, then streams until stopped: the source is
+    /// offline, then online, counts one loss, and keeps going.
+    #[test]
+    fn driver_panics_are_failures_and_the_source_reopens() {
+        let (producer, _consumer) = crate::ring::ring(4);
+        let stats = Arc::new(SourceStats::default());
+        let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
+        let stop = StopFlag::new();
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), Arc::clone(&attempts));
+        let handle = std::thread::Builder::new()
+            .name("test-reopen".into())
+            .spawn(move || {
+                run_with_reopen(
+                    "dev0",
+                    "test device",
+                    &mut out,
+                    &flag,
+                    |_| {
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        assert!(n != 0, "a driver bug while opening");
+                        Ok((n, format!("attempt {n}")))
+                    },
+                    |n, _, stop| {
+                        assert!(*n != 1, "a driver bug while streaming");
+                        while !stop.sleep(Duration::from_millis(10)) {}
+                        Ok(())
+                    },
+                );
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while attempts.load(Ordering::SeqCst) < 3 {
+            assert!(std::time::Instant::now() < until, "no third attempt");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!stats.offline.load(Ordering::Relaxed), "online on the third attempt");
+        assert_eq!(
+            stats.lost_total.load(Ordering::Relaxed),
+            1,
+            "the panic while streaming is one loss"
+        );
+        stop.raise();
+        assert!(handle.join().is_ok(), "the source thread itself never panics");
     }
 }
