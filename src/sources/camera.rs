@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::modality::Modality;
 use crate::preprocess::depth::DepthMap;
-use crate::preprocess::image::{GrayImage, RgbImage};
+use crate::preprocess::image::GrayImage;
 
 use super::FrameImage;
 use super::pixfmt::{self, Frame, PixelFormat};
@@ -104,21 +104,33 @@ impl FrameConverter {
                     .map(|&v| (f64::from(v) * self.depth_unit_m) as f32)
                     .collect(),
             })),
-            (_, Frame::Rgb { width, height, data }) => FrameImage::Rgb(Arc::new(rgb_planes(width, height, &data))),
+            (_, Frame::Rgb { width, height, data }) => FrameImage::Rgb(Arc::new(
+                crate::preprocess::video::rgb_from_interleaved(&data, width, height),
+            )),
             (modality, Frame::Gray16 { .. }) => return Err(CameraFrameError::Unsuited { format, modality }),
         })
     }
 }
 
-/// Interleaved RGB → the planar [`RgbImage`].
-pub fn rgb_planes(width: usize, height: usize, interleaved: &[u8]) -> RgbImage {
-    let mut planes: [Vec<u8>; 3] = std::array::from_fn(|_| Vec::with_capacity(width * height));
-    for px in interleaved.chunks_exact(3) {
-        for (plane, &v) in planes.iter_mut().zip(px) {
-            plane.push(v);
+/// Pushes a converted frame, or counts the frame that did not convert (`errors_total`) and logs the first such
+/// error of the stream (`logged` remembers it).
+pub fn push_frame(
+    out: &mut super::SourceOutput,
+    source: &str,
+    logged: &mut bool,
+    t: crate::clock::Timestamp,
+    image: Result<FrameImage, impl std::fmt::Display>,
+) {
+    match image {
+        Ok(image) => out.push(super::Sample::Frame { t, image }),
+        Err(e) => {
+            out.error();
+            if !*logged {
+                tracing::warn!(source = %source, error = %e, "Cannot convert a frame; skipping (further errors are counted).");
+                *logged = true;
+            }
         }
     }
-    RgbImage { width, height, planes }
 }
 
 #[cfg(test)]

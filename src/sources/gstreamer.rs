@@ -41,7 +41,7 @@ use crate::modality::Modality;
 
 use super::camera::FrameConverter;
 use super::pixfmt::PixelFormat;
-use super::{Sample, Source, SourceError, SourceOutput, StopFlag};
+use super::{Source, SourceError, SourceOutput, StopFlag};
 
 const SINK_NAME: &str = "sensebind_sink";
 const PULL_TIMEOUT_MS: u64 = 100;
@@ -165,16 +165,7 @@ impl GstreamerSource {
             };
             last_frame = Instant::now();
             let t = self.frame_time(&running.pipeline, &sample);
-            match self.image(&sample) {
-                Ok(image) => out.push(Sample::Frame { t, image }),
-                Err(e) => {
-                    out.error();
-                    if !logged_bad {
-                        tracing::warn!(source = %self.config.name, error = %e, "Cannot convert a frame; skipping (further errors are counted).");
-                        logged_bad = true;
-                    }
-                }
-            }
+            super::camera::push_frame(out, &self.config.name, &mut logged_bad, t, self.image(&sample));
         }
         Ok(())
     }
@@ -233,10 +224,13 @@ impl GstreamerSource {
             .map_err(|e| e.to_string())?;
         Ok(match image {
             super::FrameImage::Rgb(rgb) if stored != width => {
-                let planes = rgb
-                    .planes
-                    .clone()
-                    .map(|p| p.chunks_exact(stored).flat_map(|row| &row[..width]).copied().collect());
+                let planes = std::array::from_fn(|c| {
+                    rgb.planes[c]
+                        .chunks_exact(stored)
+                        .flat_map(|row| &row[..width])
+                        .copied()
+                        .collect()
+                });
                 super::FrameImage::Rgb(std::sync::Arc::new(crate::preprocess::image::RgbImage {
                     width,
                     height,

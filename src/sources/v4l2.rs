@@ -33,7 +33,7 @@ use crate::config::V4l2SourceConfig;
 
 use super::camera::{self, FrameConverter, ModeRequest, OfferedMode, Rates};
 use super::pixfmt::PixelFormat;
-use super::{Sample, Source, SourceError, SourceOutput, StopFlag};
+use super::{Source, SourceError, SourceOutput, StopFlag};
 
 /// `POLLIN` from `<poll.h>` (the same value on every Linux architecture).
 const POLLIN: i16 = 0x001;
@@ -331,19 +331,10 @@ impl V4l2Source {
                 0 => buf.len(),
                 n => n.min(buf.len()),
             };
-            match self
+            let image = self
                 .converter
-                .convert(cam.format, cam.width, cam.height, cam.stride, &buf[..used])
-            {
-                Ok(image) => out.push(Sample::Frame { t, image }),
-                Err(e) => {
-                    out.error();
-                    if !logged_bad {
-                        tracing::warn!(source = %self.config.name, error = %e, "Cannot convert a frame; skipping (further errors are counted).");
-                        logged_bad = true;
-                    }
-                }
-            }
+                .convert(cam.format, cam.width, cam.height, cam.stride, &buf[..used]);
+            super::camera::push_frame(out, &self.config.name, &mut logged_bad, t, image);
         }
         Ok(())
     }
