@@ -6,15 +6,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::SourceRun;
 
 use sensebind::config::GstreamerSourceConfig;
 use sensebind::modality::Modality;
-use sensebind::ring::ring;
 use sensebind::sources::gstreamer::GstreamerSource;
-use sensebind::sources::{FrameImage, Sample, Source, SourceOutput, SourceStats, StopFlag};
+use sensebind::sources::{FrameImage, Sample};
 
 fn config(modality: Modality, pipeline: &str) -> GstreamerSourceConfig {
     GstreamerSourceConfig {
@@ -26,33 +26,6 @@ fn config(modality: Modality, pipeline: &str) -> GstreamerSourceConfig {
         window_secs: None,
         hop_secs: None,
     }
-}
-
-/// Runs a source for `secs` (or until `until` says enough), returning its samples and counters.
-fn run_for(
-    mut source: GstreamerSource,
-    secs: f64,
-    until: impl Fn(&[Sample], &SourceStats) -> bool,
-) -> (Vec<Sample>, Arc<SourceStats>) {
-    let (producer, consumer) = ring(4096);
-    let stats = Arc::new(SourceStats::default());
-    let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
-    let stop = StopFlag::new();
-    let thread_stop = stop.clone();
-    let handle = spawn_named(move || source.run(&mut out, &thread_stop));
-    let end = Instant::now() + Duration::from_secs_f64(secs);
-    let mut samples = Vec::new();
-    while Instant::now() < end {
-        consumer.drain_into(&mut samples);
-        if until(&samples, &stats) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.raise();
-    handle.join().unwrap().unwrap();
-    consumer.drain_into(&mut samples);
-    (samples, stats)
 }
 
 fn frames(samples: &[Sample]) -> Vec<(u64, FrameImage)> {
@@ -71,7 +44,7 @@ fn live_yuy2_frames_arrive_at_their_rate_and_convert_as_gstreamer_converts_them(
         Modality::Vision,
         "videotestsrc is-live=true pattern=smpte ! video/x-raw,format=YUY2,width=320,height=240,framerate=30/1",
     );
-    let (samples, stats) = run_for(GstreamerSource::new(c).unwrap(), 2.0, |_, _| false);
+    let (samples, stats) = SourceRun::run_for(GstreamerSource::new(c).unwrap(), 2.0, |_, _| false);
     let f = frames(&samples);
     assert!((50..=62).contains(&f.len()), "{} frames in 2 s at 30 fps", f.len());
     assert!(!stats.offline.load(Ordering::Relaxed));
@@ -91,7 +64,7 @@ fn live_yuy2_frames_arrive_at_their_rate_and_convert_as_gstreamer_converts_them(
         Modality::Vision,
         "videotestsrc is-live=true pattern=smpte ! video/x-raw,format=RGB,width=320,height=240,framerate=30/1",
     );
-    let (samples, _) = run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| !s.is_empty());
+    let (samples, _) = SourceRun::run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| !s.is_empty());
     let FrameImage::Rgb(theirs) = &frames(&samples)[0].1 else {
         panic!("RGB")
     };
@@ -140,7 +113,7 @@ fn other_formats_are_converted_by_videoconvert_and_16_bit_frames_feed_thermal_an
         Modality::Vision,
         "videotestsrc is-live=true pattern=red ! video/x-raw,format=BGRx,width=161,height=120,framerate=30/1",
     );
-    let (samples, _) = run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| s.len() >= 3);
+    let (samples, _) = SourceRun::run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| s.len() >= 3);
     let FrameImage::Rgb(img) = &frames(&samples)[0].1 else {
         panic!("RGB")
     };
@@ -155,7 +128,7 @@ fn other_formats_are_converted_by_videoconvert_and_16_bit_frames_feed_thermal_an
         Modality::Vision,
         "videotestsrc is-live=true pattern=blue ! video/x-raw,format=I420,width=161,height=120,framerate=30/1",
     );
-    let (samples, stats) = run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| s.len() >= 3);
+    let (samples, stats) = SourceRun::run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| s.len() >= 3);
     assert_eq!(stats.errors_total.load(Ordering::Relaxed), 0);
     let FrameImage::Rgb(img) = &frames(&samples)[0].1 else {
         panic!("RGB")
@@ -170,7 +143,7 @@ fn other_formats_are_converted_by_videoconvert_and_16_bit_frames_feed_thermal_an
         Modality::Thermal,
         "videotestsrc is-live=true pattern=white ! video/x-raw,format=GRAY16_LE,width=160,height=120,framerate=9/1",
     );
-    let (samples, _) = run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| !s.is_empty());
+    let (samples, _) = SourceRun::run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| !s.is_empty());
     let FrameImage::Gray(g) = &frames(&samples)[0].1 else {
         panic!("thermal frames are one channel")
     };
@@ -189,7 +162,7 @@ fn other_formats_are_converted_by_videoconvert_and_16_bit_frames_feed_thermal_an
             "videotestsrc is-live=true pattern=white ! video/x-raw,format=GRAY16_LE,width=64,height=48,framerate=15/1",
         )
     };
-    let (samples, _) = run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| !s.is_empty());
+    let (samples, _) = SourceRun::run_for(GstreamerSource::new(c).unwrap(), 3.0, |s, _| !s.is_empty());
     let FrameImage::Depth(d) = &frames(&samples)[0].1 else {
         panic!("depth frames are metric")
     };
@@ -205,7 +178,7 @@ fn a_pipeline_that_ends_goes_offline_and_is_restarted() {
         Modality::Vision,
         "videotestsrc is-live=true num-buffers=15 ! video/x-raw,format=RGB,width=64,height=48,framerate=30/1",
     );
-    let (samples, stats) = run_for(GstreamerSource::new(c).unwrap(), 8.0, |_, st| {
+    let (samples, stats) = SourceRun::run_for(GstreamerSource::new(c).unwrap(), 8.0, |_, st| {
         st.lost_total.load(Ordering::Relaxed) >= 2
     });
     let lost = stats.lost_total.load(Ordering::Relaxed);
@@ -237,15 +210,10 @@ fn a_source_that_fails_at_run_time_stays_offline_and_keeps_retrying() {
         Modality::Vision,
         "filesrc location=/nonexistent/sensebind.mjpeg ! decodebin",
     );
-    let (samples, stats) = run_for(GstreamerSource::new(c).unwrap(), 1.5, |_, _| false);
+    let (samples, stats) = SourceRun::run_for(GstreamerSource::new(c).unwrap(), 1.5, |_, _| false);
     assert!(samples.is_empty());
     assert!(stats.offline.load(Ordering::Relaxed));
     assert_eq!(stats.lost_total.load(Ordering::Relaxed), 0, "never open, so never lost");
-}
-
-/// A named thread (the project's lint forbids anonymous ones).
-fn spawn_named<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    std::thread::Builder::new().name("test-worker".into()).spawn(f).unwrap()
 }
 
 /// The daemon runs a GStreamer camera end to end: frames → clips → the vision tower → labels over MQTT, with the
@@ -255,21 +223,11 @@ fn the_daemon_labels_a_gstreamer_camera() {
     let broker = common::Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let sub = common::Subscriber::start(broker.port, "sensebind/#");
-    let config = format!(
+    let config = common::daemon_config(
+        "cam-rig",
+        &broker.url(),
+        &dir.path().join("state"),
         r#"
-[device]
-id = "cam-rig"
-
-[runtime]
-state_dir = {state}
-stats_interval_secs = 1
-
-[models]
-dir = {models}
-
-[mqtt]
-url = "{url}"
-
 [[sources]]
 type = "gstreamer"
 name = "cam0"
@@ -283,28 +241,18 @@ hop_secs = 0.5
 id = "ball"
 text = "a white ball moving"
 "#,
-        state = common::toml_str(&dir.path().join("state")),
-        models = common::toml_str(&common::root().join("models/imagebind-tiny")),
-        url = broker.url(),
     );
     let mut daemon = common::Daemon::start(dir.path(), "cam", &config, &[]);
     let ok = sub.wait_for(Duration::from_secs(30), |msgs| {
-        let labelled = msgs.iter().any(|m| m.topic == "sensebind/cam-rig/labels/cam0");
-        labelled
-            && msgs.iter().filter(|m| m.topic == "sensebind/cam-rig/stats").any(|m| {
-                let s = &m.json()["sources"]["cam0"];
+        msgs.iter().any(|m| m.topic == "sensebind/cam-rig/labels/cam0")
+            && common::source_stats(msgs, "cam-rig", "cam0").iter().any(|s| {
                 s["online"] == true
                     && s["windows_total"].as_u64() >= Some(2)
                     && s["rate_hz"].as_f64().is_some_and(|r| (13.0..=17.0).contains(&r))
                     && s["gaps_total"] == 0
             })
     });
-    let stats: Vec<serde_json::Value> = sub
-        .snapshot()
-        .iter()
-        .filter(|m| m.topic == "sensebind/cam-rig/stats")
-        .map(|m| m.json()["sources"]["cam0"].clone())
-        .collect();
+    let stats = common::source_stats(&sub.snapshot(), "cam-rig", "cam0");
     assert!(ok, "no labelled camera windows: {stats:?}\n{}", daemon.log());
     daemon.stop();
 }

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::SourceRun;
 use sensebind::config::{MicSampleFormat, MicrophoneSourceConfig, WindowSpec};
 use sensebind::modality::Modality;
-use sensebind::ring::ring;
 use sensebind::sources::microphone::MicrophoneSource;
-use sensebind::sources::{Sample, Source, SourceOutput, SourceStats, StopFlag};
+use sensebind::sources::{Sample, SourceStats};
 use sensebind::window::{RawWindowData, windower};
 
 const RATE: u32 = 48_000;
@@ -64,7 +64,7 @@ impl FifoMic {
         let pause = dir.path().join("pause");
         // Opened read-write: there is always a writer, so alsa-lib's open never blocks and never sees EOF.
         let mut pipe = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
-        let feeder = spawn_named(move || {
+        let feeder = common::spawn_named(move || {
             let chunk = (RATE as usize / 100) * bytes_per_sample; // 10 ms
             let start = Instant::now();
             let mut sent = 0usize;
@@ -201,21 +201,11 @@ fn captures_a_1khz_sine_at_minus_12_dbfs_into_windows() {
         run_child("captures_a_1khz_sine_at_minus_12_dbfs_into_windows", &mic);
         return;
     }
-    let mut source = MicrophoneSource::new(mic_config("default"));
+    let source = MicrophoneSource::new(mic_config("default"));
     let callbacks = source.callback_stats();
-    let (producer, consumer) = ring(4096);
-    let stats = Arc::new(SourceStats::default());
-    let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
-    let stop = StopFlag::new();
-    let thread_stop = stop.clone();
-    let handle = spawn_named(move || source.run(&mut out, &thread_stop));
     let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
-    stop.raise();
-    handle.join().unwrap().unwrap();
+    let (samples, stats) = SourceRun::run_for(source, 4.0, |_, _| false);
     let elapsed = started.elapsed().as_secs_f64();
-    let mut samples = Vec::new();
-    consumer.drain_into(&mut samples);
 
     let blocks: Vec<(u64, u32, &Vec<f32>)> = samples
         .iter()
@@ -280,23 +270,18 @@ fn a_missing_device_is_retried_offline_and_named() {
         run_child("a_missing_device_is_retried_offline_and_named", &mic);
         return;
     }
-    let mut source = MicrophoneSource::new(mic_config("no-such-microphone"));
+    let source = MicrophoneSource::new(mic_config("no-such-microphone"));
     let err = source.probe().unwrap_err();
     assert!(
         err.starts_with("no input device matches \"no-such-microphone\"; inputs: "),
         "{err}"
     );
     assert!(err.contains("fifomic"), "the listing names the inputs: {err}");
-    let (producer, _consumer) = ring(16);
-    let stats = Arc::new(SourceStats::default());
-    let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
-    let stop = StopFlag::new();
-    let thread_stop = stop.clone();
-    let handle = spawn_named(move || source.run(&mut out, &thread_stop));
+    let run = SourceRun::start(source);
     std::thread::sleep(Duration::from_millis(700));
-    assert!(stats.offline.load(Ordering::Relaxed));
-    stop.raise();
-    handle.join().unwrap().unwrap();
+    assert!(run.stats.offline.load(Ordering::Relaxed));
+    let stats = Arc::clone(&run.stats);
+    run.finish();
     assert_eq!(stats.samples_total.load(Ordering::Relaxed), 0);
 
     // A format the device cannot give is refused with what it offers.
@@ -319,21 +304,11 @@ fn the_daemon_captures_and_embeds_microphone_windows() {
     let broker = common::Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let sub = common::Subscriber::start(broker.port, "sensebind/#");
-    let config = format!(
+    let config = common::daemon_config(
+        "mic-rig",
+        &broker.url(),
+        &dir.path().join("state"),
         r#"
-[device]
-id = "mic-rig"
-
-[runtime]
-state_dir = {state}
-stats_interval_secs = 1
-
-[models]
-dir = {models}
-
-[mqtt]
-url = "{url}"
-
 [[sources]]
 type = "microphone"
 name = "mic0"
@@ -349,23 +324,14 @@ hop_secs = 0.5
 id = "tone"
 text = "a pure tone"
 "#,
-        state = common::toml_str(&dir.path().join("state")),
-        models = common::toml_str(&common::root().join("models/imagebind-tiny")),
-        url = broker.url(),
     );
     let mut daemon = common::Daemon::start(dir.path(), "mic", &config, &[]);
     let ok = sub.wait_for(Duration::from_secs(20), |msgs| {
-        msgs.iter().filter(|m| m.topic == "sensebind/mic-rig/stats").any(|m| {
-            let s = &m.json()["sources"]["mic0"];
-            s["online"] == true && s["windows_total"].as_u64() >= Some(4) && s["overrun_samples_total"] == 0
-        })
+        common::source_stats(msgs, "mic-rig", "mic0")
+            .iter()
+            .any(|s| s["online"] == true && s["windows_total"].as_u64() >= Some(4) && s["overrun_samples_total"] == 0)
     });
-    let stats: Vec<serde_json::Value> = sub
-        .snapshot()
-        .iter()
-        .filter(|m| m.topic == "sensebind/mic-rig/stats")
-        .map(|m| m.json()["sources"]["mic0"].clone())
-        .collect();
+    let stats = common::source_stats(&sub.snapshot(), "mic-rig", "mic0");
     assert!(ok, "no microphone windows: {stats:?}\n{}", daemon.log());
     assert!(
         sub.snapshot()
@@ -376,25 +342,9 @@ text = "a pure tone"
     daemon.stop();
 }
 
-/// A named thread (the project's lint forbids anonymous ones).
-fn spawn_named<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    std::thread::Builder::new().name("test-worker".into()).spawn(f).unwrap()
-}
-
 /// Captures `secs` seconds from the default device opened as `config` says; returns the audio blocks' samples.
 fn capture(config: MicrophoneSourceConfig, secs: f64) -> (Vec<f32>, Arc<SourceStats>) {
-    let mut source = MicrophoneSource::new(config);
-    let (producer, consumer) = ring(4096);
-    let stats = Arc::new(SourceStats::default());
-    let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
-    let stop = StopFlag::new();
-    let thread_stop = stop.clone();
-    let handle = spawn_named(move || source.run(&mut out, &thread_stop));
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    stop.raise();
-    handle.join().unwrap().unwrap();
-    let mut samples = Vec::new();
-    consumer.drain_into(&mut samples);
+    let (samples, stats) = SourceRun::run_for(MicrophoneSource::new(config), secs, |_, _| false);
     let audio = samples
         .into_iter()
         .flat_map(|s| match s {
@@ -454,13 +404,8 @@ fn a_stalled_device_goes_offline_and_comes_back() {
         return;
     }
     let pause = std::path::PathBuf::from(std::env::var_os("XDG_CONFIG_HOME").unwrap()).join("pause");
-    let mut source = MicrophoneSource::new(mic_config("default"));
-    let (producer, consumer) = ring(4096);
-    let stats = Arc::new(SourceStats::default());
-    let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
-    let stop = StopFlag::new();
-    let thread_stop = stop.clone();
-    let handle = spawn_named(move || source.run(&mut out, &thread_stop));
+    let run = SourceRun::start(MicrophoneSource::new(mic_config("default")));
+    let stats = Arc::clone(&run.stats);
     let wait = |what: &str, secs: u64, cond: &dyn Fn() -> bool| {
         let until = Instant::now() + Duration::from_secs(secs);
         while !cond() {
@@ -478,7 +423,5 @@ fn a_stalled_device_goes_offline_and_comes_back() {
     wait("back online", 15, &|| {
         !stats.offline.load(Ordering::Relaxed) && samples() > before + 50
     });
-    stop.raise();
-    handle.join().unwrap().unwrap();
-    drop(consumer);
+    run.finish();
 }

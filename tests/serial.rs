@@ -90,11 +90,7 @@ fn feeder(feed: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> 
 }
 
 fn imu_stats(sub: &Subscriber) -> Vec<serde_json::Value> {
-    sub.snapshot()
-        .iter()
-        .filter(|m| m.topic == "sensebind/serial/stats")
-        .map(|m| m.json()["sources"]["imu0"].clone())
-        .collect()
+    common::source_stats(&sub.snapshot(), "serial", "imu0")
 }
 
 #[test]

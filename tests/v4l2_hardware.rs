@@ -11,15 +11,17 @@
 #![cfg(feature = "v4l2")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::SourceRun;
 use sensebind::config::V4l2SourceConfig;
 use sensebind::modality::Modality;
-use sensebind::ring::ring;
 use sensebind::sources::v4l2::{V4l2Source, offered_modes};
-use sensebind::sources::{FrameImage, Sample, Source, SourceOutput, SourceStats, StopFlag};
+use sensebind::sources::{FrameImage, Sample, SourceStats};
 
 fn device() -> String {
     std::env::var("SENSEBIND_V4L2_DEVICE").unwrap_or_else(|_| "/dev/video0".into())
@@ -49,37 +51,29 @@ fn config(device: &str) -> V4l2SourceConfig {
     }
 }
 
-/// Runs the source until `until` holds or `secs` pass; returns the frames (arrival-stamped) and counters.
+/// Runs the source until `until` holds or `secs` pass; returns the samples with their arrival times, and the
+/// counters.
 fn run(
     c: V4l2SourceConfig,
     secs: f64,
     until: impl Fn(&[Sample], &SourceStats) -> bool,
 ) -> (Vec<(Sample, sensebind::clock::Timestamp)>, Arc<SourceStats>) {
-    let (producer, consumer) = ring(1024);
-    let stats = Arc::new(SourceStats::default());
-    let mut out = SourceOutput::new(producer, None, Arc::clone(&stats));
-    let stop = StopFlag::new();
-    let thread_stop = stop.clone();
-    let mut source = V4l2Source::new(c);
-    let handle = std::thread::Builder::new()
-        .name("test-camera".into())
-        .spawn(move || source.run(&mut out, &thread_stop))
-        .unwrap();
+    let run = SourceRun::start(V4l2Source::new(c));
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let mut got = Vec::new();
-    let mut batch = Vec::new();
+    let (mut got, mut plain, mut batch) = (Vec::new(), Vec::new(), Vec::new());
     while Instant::now() < end {
-        consumer.drain_into(&mut batch);
+        run.drain(&mut batch);
         let now = sensebind::clock::now();
+        plain.extend(batch.iter().cloned());
         got.extend(batch.drain(..).map(|s| (s, now)));
-        let plain: Vec<Sample> = got.iter().map(|(s, _)| s.clone()).collect();
-        if until(&plain, &stats) {
+        if until(&plain, &run.stats) {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    stop.raise();
-    handle.join().unwrap().unwrap();
+    let stats = Arc::clone(&run.stats);
+    let now = sensebind::clock::now();
+    got.extend(run.finish().into_iter().map(|s| (s, now)));
     (got, stats)
 }
 

@@ -824,8 +824,9 @@ pub fn publish_once(port: u16, topic: &str, payload: &[u8]) {
     publish(port, topic, payload, false);
 }
 
-/// One synthetic IMU sensor (10 windows a second) and the given prompts; `mqtt_extra` goes into `[mqtt]`.
-pub fn imu_config(device: &str, url: &str, state: &Path, mqtt_extra: &str, prompts: &str) -> String {
+/// A daemon configuration: device `device`, stats every second, the bundled tiny models, the broker at `url`;
+/// `rest` follows the `[mqtt]` section's `url` line (more `[mqtt]` keys first, then sources, prompts, …).
+pub fn daemon_config(device: &str, url: &str, state: &Path, rest: &str) -> String {
     format!(
         r#"
 [device]
@@ -841,7 +842,22 @@ dir = {models}
 
 [mqtt]
 url = "{url}"
-{mqtt_extra}
+{rest}
+"#,
+        state = toml_str(state),
+        models = toml_str(&root().join("models/imagebind-tiny")),
+    )
+}
+
+/// A daemon configuration with one synthetic IMU (200 Hz, 0.5 s windows every 0.1 s) and events that react to a
+/// single window; `mqtt_extra` goes into `[mqtt]`.
+pub fn imu_config(device: &str, url: &str, state: &Path, mqtt_extra: &str, prompts: &str) -> String {
+    daemon_config(
+        device,
+        url,
+        state,
+        &format!(
+            r#"{mqtt_extra}
 
 [events]
 aggregate_windows = 1
@@ -858,11 +874,88 @@ rate_hz = 200.0
 window_secs = 0.5
 hop_secs = 0.1
 
-{prompts}
-"#,
-        state = toml_str(state),
-        models = toml_str(&root().join("models/imagebind-tiny")),
+{prompts}"#
+        ),
     )
+}
+
+/// The `sources.{source}` objects of every `stats` message of `device` received so far.
+pub fn source_stats(messages: &[Received], device: &str, source: &str) -> Vec<serde_json::Value> {
+    let topic = format!("sensebind/{device}/stats");
+    messages
+        .iter()
+        .filter(|m| m.topic == topic)
+        .map(|m| m.json()["sources"][source].clone())
+        .collect()
+}
+
+/// A thread with a name (clippy.toml forbids unnamed ones).
+pub fn spawn_named<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    std::thread::Builder::new().name("test-worker".into()).spawn(f).unwrap()
+}
+
+/// A source running on its own thread into a ring, as the daemon runs it.
+pub struct SourceRun {
+    /// The source's counters.
+    pub stats: Arc<sensebind::sources::SourceStats>,
+    consumer: sensebind::ring::RingConsumer<sensebind::sources::Sample>,
+    stop: sensebind::sources::StopFlag,
+    handle: Option<std::thread::JoinHandle<Result<(), sensebind::sources::SourceError>>>,
+}
+
+impl SourceRun {
+    /// Starts `source` with a ring of 4096 samples.
+    pub fn start(mut source: impl sensebind::sources::Source + 'static) -> Self {
+        let (producer, consumer) = sensebind::ring::ring(4096);
+        let stats = Arc::new(sensebind::sources::SourceStats::default());
+        let mut out = sensebind::sources::SourceOutput::new(producer, None, Arc::clone(&stats));
+        let stop = sensebind::sources::StopFlag::new();
+        let flag = stop.clone();
+        let handle = spawn_named(move || source.run(&mut out, &flag));
+        Self {
+            stats,
+            consumer,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Moves the samples in the ring into `into`.
+    pub fn drain(&self, into: &mut Vec<sensebind::sources::Sample>) {
+        self.consumer.drain_into(into);
+    }
+
+    /// Stops the source, checks it ended without an error, and returns what was left in the ring.
+    pub fn finish(mut self) -> Vec<sensebind::sources::Sample> {
+        self.stop.raise();
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap().unwrap();
+        }
+        let mut rest = Vec::new();
+        self.drain(&mut rest);
+        rest
+    }
+
+    /// Runs `source` for `secs`, or until `until` holds for the samples so far; returns them and the counters.
+    pub fn run_for(
+        source: impl sensebind::sources::Source + 'static,
+        secs: f64,
+        until: impl Fn(&[sensebind::sources::Sample], &sensebind::sources::SourceStats) -> bool,
+    ) -> (Vec<sensebind::sources::Sample>, Arc<sensebind::sources::SourceStats>) {
+        let run = Self::start(source);
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut samples = Vec::new();
+        while Instant::now() < end {
+            run.drain(&mut samples);
+            if until(&samples, &run.stats) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stats = Arc::clone(&run.stats);
+        samples.extend(run.finish());
+        (samples, stats)
+    }
 }
 
 /// A `sensebind run` child process with its log file; killed on drop.
