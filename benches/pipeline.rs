@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sensebind::clock::Timestamp;
-use sensebind::config::WindowSpec;
 use sensebind::modality::Modality;
 use sensebind::preprocess::depth::DepthMap;
 use sensebind::preprocess::image::{GrayImage, RgbImage};
 use sensebind::ring::ring;
 use sensebind::sources::{FrameImage, Sample};
+use sensebind::window::WindowSpec;
 use sensebind::window::{PrepareContext, RawWindow, prepare, windower};
 
 const W: usize = 640;

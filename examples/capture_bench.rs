@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sensebind::config::{GstreamerSourceConfig, MicSampleFormat, MicrophoneSourceConfig, SerialProtocol};
 use sensebind::modality::Modality;
 use sensebind::ring::ring;
+use sensebind::sources::config::{GstreamerSourceConfig, MicSampleFormat, MicrophoneSourceConfig, SerialProtocol};
 use sensebind::sources::{Sample, Source, SourceOutput, SourceStats, StopFlag};
 
 /// Scheduler runtime of every thread of `pid`, nanoseconds.
@@ -413,7 +413,7 @@ fn serial(secs: f64) {
         let mut socat = pty_pair(dir.path());
         let stop = Arc::new(AtomicBool::new(false));
         let feeder = imu_feeder(&dir.path().join("feed"), protocol, rate, Arc::clone(&stop));
-        let mut config: sensebind::config::SerialSourceConfig = toml::from_str(&format!(
+        let mut config: sensebind::sources::config::SerialSourceConfig = toml::from_str(&format!(
             "name = \"imu\"\nmodality = \"imu\"\npath = {:?}\nrate_hz = {rate}\n",
             dir.path().join("imu").display().to_string()
         ))

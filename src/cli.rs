@@ -12,8 +12,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::{BenchOptions, bench_encoder};
-use crate::encode::engine::{self, Backend, EngineOptions, ExecutionProviderConfig, ModelSource, OnnxRuntimeConfig};
+use crate::encode::engine::{self, ModelSource};
 use crate::encode::verify::verify_dir;
+use crate::encode::{Backend, EngineOptions, ExecutionProviderConfig, OnnxRuntimeConfig};
 use crate::encode::{Encoder, ModelDir, embed};
 use crate::modality::Modality;
 use crate::npy;
@@ -163,7 +164,7 @@ pub enum ModelsCommand {
 pub struct BackendArgs {
     /// Backends, comma-separated: auto, tract, onnxruntime. `embed` takes one (default auto); `models verify` and
     /// `bench` default to every backend that can run here.
-    #[arg(long = "backend", value_delimiter = ',', value_name = "BACKEND")]
+    #[arg(long = "backend", value_delimiter = ',', value_name = "BACKEND", value_parser = parse_backend)]
     pub backends: Vec<Backend>,
     /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, else libonnxruntime.so on the loader's search path).
     #[arg(long, value_name = "FILE")]
@@ -174,6 +175,11 @@ pub struct BackendArgs {
     /// Let ONNX Runtime's threads spin between calls (ONNX Runtime's own default; sensebind's is off).
     #[arg(long)]
     pub ort_spinning: bool,
+}
+
+/// `--backend` values: the configuration's names (`Backend` itself stays free of clap).
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse()
 }
 
 impl BackendArgs {
@@ -262,6 +268,10 @@ pub struct CheckArgs {
     /// The configuration file.
     #[arg(long, short)]
     pub config: PathBuf,
+    /// Check the file's values only: not whether the files it names exist, its environment variables are set,
+    /// or the model directory has the towers (for a build host without the device's secrets and models).
+    #[arg(long)]
+    pub no_environment: bool,
 }
 
 /// `sensebind embed`
@@ -500,7 +510,10 @@ fn report_config_errors(e: &crate::config::ConfigErrors) {
 }
 
 fn check(args: &CheckArgs) -> anyhow::Result<u8> {
-    match crate::config::load(&args.config) {
+    let options = crate::config::CheckOptions {
+        environment: !args.no_environment,
+    };
+    match crate::config::load_with(&args.config, options) {
         Ok(l) => {
             let c = &l.config;
             println!(
@@ -736,11 +749,12 @@ fn load_params(args: &ParamsArgs) -> anyhow::Result<PreprocessConfig> {
     if let Some(rate) = args.imu_rate_hz {
         config.imu.rate_hz = Some(rate);
     }
-    let mut errors: Vec<String> = Vec::new();
-    errors.extend(config.depth.validate().into_iter().map(|e| format!("depth.{e}")));
-    errors.extend(config.thermal.validate().into_iter().map(|e| format!("thermal.{e}")));
-    errors.extend(config.imu.validate().into_iter().map(|e| format!("imu.{e}")));
-    if !errors.is_empty() {
+    let mut issues = crate::issues::Issues::new();
+    config.depth.validate(&mut issues.scope("depth"));
+    config.thermal.validate(&mut issues.scope("thermal"));
+    config.imu.validate(&mut issues.scope("imu"));
+    if !issues.is_empty() {
+        let errors: Vec<String> = issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
         bail!("invalid preprocessing parameters:\n  {}", errors.join("\n  "));
     }
     Ok(config)

@@ -25,12 +25,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::clock::{self, Timestamp};
-use crate::config::{EmbeddingMode, EventsConfig, MqttConfig, PromptConfig, check_prompt};
 use crate::encode::Encoder;
+use crate::events::EventsConfig;
 use crate::events::{EndReason, Tracker, Transition, TransitionKind};
 use crate::labels::{LabelScore, PromptCache, PromptSet, embed_prompts};
+use crate::labels::{PromptConfig, check_prompt};
 use crate::modality::Modality;
 use crate::preprocess::text::Tokenizer;
+use crate::publish::config::{EmbeddingMode, MqttConfig};
 use crate::publish::embedding::{self, EmbeddingFrame};
 use crate::publish::mqtt::Incoming;
 use crate::publish::{LABELS_SCHEMA, LabelMessage, OutMessage, Outbox, Topics};
@@ -239,7 +241,7 @@ impl StateFile {
 pub fn prompts_hash(prompts: &[PromptConfig]) -> String {
     use sha2::{Digest, Sha256};
     let bytes = serde_json::to_vec(prompts).unwrap_or_default();
-    crate::encode::manifest::hex(&Sha256::digest(&bytes))[..16].to_owned()
+    crate::util::hex(&Sha256::digest(&bytes))[..16].to_owned()
 }
 
 /// A `prompts/set` request.
@@ -482,7 +484,7 @@ impl Controller {
                     "cooldown_secs": params.cooldown.as_secs_f64(),
                     "max_event_secs": params.max_event.as_secs_f64(),
                     "enabled": !self.s.state.state.disabled_labels.contains(&p.id),
-                    "embedding_sha": &crate::encode::manifest::hex(&Sha256::digest(&bytes))[..12],
+                    "embedding_sha": &crate::util::hex(&Sha256::digest(&bytes))[..12],
                 })
             })
             .collect();
@@ -1172,9 +1174,15 @@ impl Controller {
         let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
         let mut seen = BTreeSet::new();
         for (i, p) in u.upsert.iter().enumerate() {
-            for (k, m) in check_prompt(p, &self.s.events, &sources, &names) {
-                errors.push(format!("upsert[{i}].{k}: {m}"));
-            }
+            let mut found = crate::issues::Issues::new();
+            check_prompt(
+                p,
+                &self.s.events,
+                &sources,
+                &names,
+                &mut found.scope(&format!("upsert[{i}]")),
+            );
+            errors.extend(found.iter().map(|f| format!("{}: {}", f.path, f.message)));
             if !seen.insert(p.id.clone()) {
                 errors.push(format!("upsert[{i}].id: {:?} appears twice in upsert", p.id));
             }
@@ -1386,7 +1394,7 @@ mod tests {
 
     #[test]
     fn embeddings_follow_the_rate_control() {
-        use crate::config::EmbeddingsConfig;
+        use crate::publish::config::EmbeddingsConfig;
         let run = |mode: EmbeddingMode, every_n: u64, scores: &[f32]| -> Vec<u64> {
             let mqtt = MqttConfig {
                 labels: false,

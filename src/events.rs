@@ -19,6 +19,86 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+/// `[events]`: how a label's window scores become events (per prompt and sensor). Every key can be overridden in
+/// a `[[prompts]]` entry.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `median` or `mean` of the last `aggregate_windows` scores.
+    pub aggregate: Aggregate,
+    /// Windows aggregated (1 = the raw score).
+    pub aggregate_windows: usize,
+    /// Onset: at least `onset_k` of the last `onset_n` aggregated scores reach the prompt's `threshold`.
+    pub onset_k: usize,
+    /// See `onset_k`.
+    pub onset_n: usize,
+    /// An event ends when no window's aggregated score has reached `off_threshold` for this long.
+    pub hold_secs: f64,
+    /// After an event ends, no new event of the same label and sensor for this long.
+    pub cooldown_secs: f64,
+    /// Longest event: it is ended (`max_duration`) and may start again.
+    pub max_event_secs: f64,
+    /// `update` messages at most this often, and only when the peak score rose.
+    pub update_interval_secs: f64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            aggregate: Aggregate::Median,
+            aggregate_windows: 3,
+            onset_k: 2,
+            onset_n: 3,
+            hold_secs: 10.0,
+            cooldown_secs: 0.0,
+            max_event_secs: 300.0,
+            update_interval_secs: 5.0,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The event parameters with these defaults and a prompt's own thresholds and overrides applied by
+    /// `overrides` (the `[[prompts]]` entry fills them in).
+    pub fn params(&self, on: f32, off: f32) -> EventParams {
+        EventParams {
+            on,
+            off,
+            aggregate: self.aggregate,
+            aggregate_windows: self.aggregate_windows,
+            onset_k: self.onset_k,
+            onset_n: self.onset_n,
+            hold: duration_from_secs(self.hold_secs),
+            cooldown: duration_from_secs(self.cooldown_secs),
+            max_event: duration_from_secs(self.max_event_secs),
+            update_interval: duration_from_secs(self.update_interval_secs),
+        }
+    }
+
+    /// Value checks of `[events]`.
+    pub fn validate(&self, issues: &mut crate::issues::Scope<'_>) {
+        for (key, v) in [
+            ("hold_secs", self.hold_secs),
+            ("cooldown_secs", self.cooldown_secs),
+            ("max_event_secs", self.max_event_secs),
+            ("update_interval_secs", self.update_interval_secs),
+        ] {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                issues.push(key, format!("must be between 0 and 86400 seconds, got {v}"));
+            }
+        }
+        // Checked with the default prompt thresholds (0.5 on, 0.4 off): the keys here are shared by every prompt.
+        if let Err(m) = self.params(0.5, 0.4).validate() {
+            issues.push("", m);
+        }
+    }
+}
+
+/// Seconds from the configuration as a duration: clamped to [0, 1e9], non-finite values as 0.
+pub fn duration_from_secs(v: f64) -> Duration {
+    Duration::from_secs_f64(if v.is_finite() { v.clamp(0.0, 1e9) } else { 0.0 })
+}
+
 /// How the last N window scores are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

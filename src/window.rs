@@ -20,12 +20,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::clock::Timestamp;
-use crate::config::WindowSpec;
 use crate::modality::Modality;
 use crate::preprocess::text::Tokenizer;
 use crate::preprocess::{self, PreprocessConfig};
 use crate::sources::{FrameImage, Sample};
 use crate::tensor::Tensor;
+
+/// Window settings are part of each source's configuration (`sources::config`); re-exported here, where they
+/// are used.
+pub use crate::sources::config::WindowSpec;
 
 /// A window's samples before preprocessing.
 #[derive(Debug, Clone)]

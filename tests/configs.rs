@@ -295,3 +295,67 @@ modality = "audio"
         }
     }
 }
+
+/// `check --no-environment` validates the values of a device's configuration on a build host that lacks its
+/// recordings, secrets and models; plain `check` reports each of those with its key path.
+#[test]
+fn check_without_environment_skips_files_variables_and_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.toml");
+    std::fs::write(
+        &file,
+        r#"[device]
+id = "dock-7"
+[models]
+dir = "models/not-here"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+username = "dock"
+password_env = "SENSEBIND_TEST_PASSWORD_THAT_IS_NOT_SET"
+[[sources]]
+type = "replay"
+name = "mic0"
+modality = "audio"
+paths = ["recordings/missing.wav"]
+[[prompts]]
+id = "knock"
+text = "a knock on the door"
+[[prompts]]
+id = "quiet"
+text = "silence"
+"#,
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sensebind"))
+            .arg("check")
+            .arg("--config")
+            .arg(&file)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let full = run(&[]);
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(64), "{stderr}");
+    for key in ["models.dir", "mqtt.password_env", "sources[0].paths[0]"] {
+        assert!(stderr.contains(key), "plain check reports {key}: {stderr}");
+    }
+    let values_only = run(&["--no-environment"]);
+    assert_eq!(
+        values_only.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&values_only.stderr)
+    );
+    assert!(String::from_utf8_lossy(&values_only.stdout).contains("ok"));
+    // A wrong value is still an error without the environment.
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file).unwrap().replace("dock-7", "Dock 7"),
+    )
+    .unwrap();
+    let bad = run(&["--no-environment"]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("device.id"));
+}

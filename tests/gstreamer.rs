@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::SourceRun;
 
-use sensebind::config::GstreamerSourceConfig;
 use sensebind::modality::Modality;
+use sensebind::sources::config::GstreamerSourceConfig;
 use sensebind::sources::gstreamer::GstreamerSource;
 use sensebind::sources::{FrameImage, Sample};
 

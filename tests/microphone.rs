@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::SourceRun;
-use sensebind::config::{MicSampleFormat, MicrophoneSourceConfig, WindowSpec};
 use sensebind::modality::Modality;
+use sensebind::sources::config::{MicSampleFormat, MicrophoneSourceConfig};
 use sensebind::sources::microphone::MicrophoneSource;
 use sensebind::sources::{Sample, SourceStats};
+use sensebind::window::WindowSpec;
 use sensebind::window::{RawWindowData, windower};
 
 const RATE: u32 = 48_000;

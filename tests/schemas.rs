@@ -220,7 +220,7 @@ fn input_schemas_agree_with_what_the_daemon_accepts() {
                     "threshold": 0.6, "off_threshold": 0.45, "hold_secs": 5}]});
     validate("prompts-set.schema.json", &update).unwrap();
     for u in update["upsert"].as_array().unwrap() {
-        let parsed: sensebind::config::PromptConfig = serde_json::from_value(u.clone()).unwrap();
+        let parsed: sensebind::labels::PromptConfig = serde_json::from_value(u.clone()).unwrap();
         assert_eq!(parsed.id, "glass_break");
     }
     let mut unknown = update.clone();
@@ -230,7 +230,7 @@ fn input_schemas_agree_with_what_the_daemon_accepts() {
             .unwrap_err()
             .contains("\"colour\" is not allowed")
     );
-    assert!(serde_json::from_value::<sensebind::config::PromptConfig>(unknown["upsert"][0].clone()).is_err());
+    assert!(serde_json::from_value::<sensebind::labels::PromptConfig>(unknown["upsert"][0].clone()).is_err());
     // Every key of a [[prompts]] entry is in the schema, and nothing else.
     let config_schema: serde_json::Value = serde_json::from_str(&sensebind::config::json_schema()).unwrap();
     let mut config_keys: Vec<String> = config_schema["$defs"]["PromptConfig"]["properties"]

@@ -18,8 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::SourceRun;
-use sensebind::config::V4l2SourceConfig;
 use sensebind::modality::Modality;
+use sensebind::sources::config::V4l2SourceConfig;
 use sensebind::sources::v4l2::{V4l2Source, offered_modes};
 use sensebind::sources::{FrameImage, Sample, SourceStats};
 

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::EncodeError;
 use crate::modality::Modality;
 use crate::tensor::DType;
+use crate::util::hex;
 
 /// The manifest file name inside a model directory.
 pub const MANIFEST_FILE: &str = "manifest.toml";
@@ -223,17 +224,6 @@ pub fn sha256_file(path: &Path) -> Result<String, EncodeError> {
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()))
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
 }
 
 /// Fails with [`EncodeError::Checksum`] unless `path` hashes to `expected`.

@@ -12,13 +12,15 @@ pub mod engine;
 pub mod manifest;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
+pub mod options;
 pub mod tract_cpu;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
 
-pub use engine::{Backend, EngineOptions, ExecutionProviderConfig, ModelSource, OnnxRuntimeConfig};
+pub use engine::ModelSource;
 pub use manifest::{Manifest, ModelDir, TowerManifest};
+pub use options::{Backend, EngineOptions, ExecutionProviderConfig, ModelsConfig, OnnxRuntimeConfig};
 pub use tract_cpu::{TractEncoder, TractOptions};
 
 use crate::modality::Modality;
@@ -385,17 +387,6 @@ fn pad_rows<T: Copy>(rows: &[T], row_len: usize, n: usize) -> Vec<T> {
         v.extend_from_slice(&rows[..row_len]);
     }
     v
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
-    }
 }
 
 /// Checks a batch against the encoder's input spec: shape, dtype and finiteness.

@@ -23,10 +23,11 @@ use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use super::engine::{EngineOptions, ExecutionProviderConfig, OnnxRuntimeConfig};
-use super::{EncodeError, Encoder, EncoderInfo, ModelDir, check_batch, panic_message};
+use super::options::{EngineOptions, ExecutionProviderConfig, OnnxRuntimeConfig};
+use super::{EncodeError, Encoder, EncoderInfo, ModelDir, check_batch};
 use crate::modality::Modality;
 use crate::tensor::{DType, Tensor, TensorData};
+use crate::util::panic_message;
 
 /// The library name the dynamic loader searches for when neither the configuration nor `ORT_DYLIB_PATH` names one.
 pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";

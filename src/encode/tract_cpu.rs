@@ -18,9 +18,10 @@ use tract_onnx::prelude::{
 
 use tract_onnx::prelude::tract_data::internal::DimLike;
 
-use super::{EncodeError, Encoder, EncoderInfo, ModelDir, check_batch, panic_message};
+use super::{EncodeError, Encoder, EncoderInfo, ModelDir, check_batch};
 use crate::modality::Modality;
 use crate::tensor::{DType, Tensor, TensorData};
+use crate::util::panic_message;
 
 /// How to load a tract encoder.
 #[derive(Debug, Clone)]

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use super::engine::{self, EngineOptions, ModelSource};
+use super::engine::{self, ModelSource};
+use super::options::EngineOptions;
 use super::{EncodeError, ModelDir, embed};
 use crate::modality::Modality;
 use crate::npy;

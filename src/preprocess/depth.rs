@@ -56,28 +56,26 @@ impl Default for DepthConfig {
 }
 
 impl DepthConfig {
-    /// Problems with the values, each as `key: reason`.
-    pub fn validate(&self) -> Vec<String> {
-        let mut errors = Vec::new();
+    /// Problems with the values, each under the key it concerns (the first of a pair).
+    pub fn validate(&self, issues: &mut crate::issues::Scope<'_>) {
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !positive(self.png_unit_m) {
-            errors.push(format!("png_unit_m: must be positive, got {}", self.png_unit_m));
+            issues.push("png_unit_m", format!("must be positive, got {}", self.png_unit_m));
         }
         if !positive(f64::from(self.min_depth_m))
             || self.max_depth_m.partial_cmp(&self.min_depth_m) != Some(std::cmp::Ordering::Greater)
         {
-            errors.push(format!(
-                "min_depth_m/max_depth_m: need 0 < min < max, got {} and {}",
-                self.min_depth_m, self.max_depth_m
-            ));
+            issues.push(
+                "min_depth_m",
+                format!("need 0 < min < max, got {} and {}", self.min_depth_m, self.max_depth_m),
+            );
         }
         if !positive(f64::from(self.baseline_m)) || !positive(f64::from(self.focal_px)) {
-            errors.push("baseline_m/focal_px: must be positive".into());
+            issues.push("baseline_m", "must be positive");
         }
         if !positive(f64::from(self.std)) || !self.mean.is_finite() {
-            errors.push("mean/std: std must be positive and mean finite".into());
+            issues.push("mean", "std must be positive and mean finite");
         }
-        errors
     }
 }
 
@@ -193,8 +191,13 @@ mod tests {
             max_depth_m: 1.0,
             ..DepthConfig::default()
         };
-        let errors = bad.validate();
-        assert!(errors.iter().any(|e| e.starts_with("min_depth_m")));
-        assert!(errors.iter().any(|e| e.starts_with("mean/std")));
+        let mut issues = crate::issues::Issues::new();
+        bad.validate(&mut issues.scope("depth"));
+        assert!(issues.iter().any(|e| e.path == "depth.min_depth_m"));
+        assert!(
+            issues
+                .iter()
+                .any(|e| e.path == "depth.mean" && e.message.contains("std"))
+        );
     }
 }

@@ -136,34 +136,35 @@ impl Default for ImuConfig {
 }
 
 impl ImuConfig {
-    /// Problems with the values, each as `key: reason`.
-    pub fn validate(&self) -> Vec<String> {
-        let mut errors = Vec::new();
+    /// Problems with the values, each under the key it concerns (the first of a pair).
+    pub fn validate(&self, issues: &mut crate::issues::Scope<'_>) {
         if !self.acc_columns.is_empty() && self.acc_columns.len() != 3 {
-            errors.push(format!(
-                "acc_columns: needs 3 columns (x, y, z), got {}",
-                self.acc_columns.len()
-            ));
+            issues.push(
+                "acc_columns",
+                format!("needs 3 columns (x, y, z), got {}", self.acc_columns.len()),
+            );
         }
         if !self.gyro_columns.is_empty() && self.gyro_columns.len() != 3 {
-            errors.push(format!(
-                "gyro_columns: needs 3 columns (x, y, z), got {}",
-                self.gyro_columns.len()
-            ));
+            issues.push(
+                "gyro_columns",
+                format!("needs 3 columns (x, y, z), got {}", self.gyro_columns.len()),
+            );
         }
         if let Some(r) = self.rate_hz.filter(|r| !(r.is_finite() && *r > 0.0)) {
-            errors.push(format!("rate_hz: must be positive, got {r}"));
+            issues.push("rate_hz", format!("must be positive, got {r}"));
         }
         if !(self.window_secs.is_finite() && self.window_secs > 0.0) {
-            errors.push(format!("window_secs: must be positive, got {}", self.window_secs));
+            issues.push("window_secs", format!("must be positive, got {}", self.window_secs));
         }
         if !(self.start_secs.is_finite() && self.start_secs >= 0.0) {
-            errors.push(format!("start_secs: must be zero or positive, got {}", self.start_secs));
+            issues.push(
+                "start_secs",
+                format!("must be zero or positive, got {}", self.start_secs),
+            );
         }
         if self.samples == 0 {
-            errors.push("samples: must be at least 1".into());
+            issues.push("samples", "must be at least 1");
         }
-        errors
     }
 }
 

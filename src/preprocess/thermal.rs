@@ -62,26 +62,27 @@ impl Default for ThermalConfig {
 }
 
 impl ThermalConfig {
-    /// Problems with the values, each as `key: reason`.
-    pub fn validate(&self) -> Vec<String> {
-        let mut errors = Vec::new();
+    /// Problems with the values, each under the key it concerns (the first of a pair).
+    pub fn validate(&self, issues: &mut crate::issues::Scope<'_>) {
         if self.fixed_max.partial_cmp(&self.fixed_min) != Some(std::cmp::Ordering::Greater) {
-            errors.push(format!(
-                "fixed_min/fixed_max: need min < max, got {} and {}",
-                self.fixed_min, self.fixed_max
-            ));
+            issues.push(
+                "fixed_min",
+                format!("need min < max, got {} and {}", self.fixed_min, self.fixed_max),
+            );
         }
         if !(0.0 <= self.low_percentile && self.low_percentile < self.high_percentile && self.high_percentile <= 100.0)
         {
-            errors.push(format!(
-                "low_percentile/high_percentile: need 0 <= low < high <= 100, got {} and {}",
-                self.low_percentile, self.high_percentile
-            ));
+            issues.push(
+                "low_percentile",
+                format!(
+                    "need 0 <= low < high <= 100, got {} and {}",
+                    self.low_percentile, self.high_percentile
+                ),
+            );
         }
         if !(self.std.is_finite() && self.std > 0.0 && self.mean.is_finite()) {
-            errors.push("mean/std: std must be positive and mean finite".into());
+            issues.push("mean", "std must be positive and mean finite");
         }
-        errors
     }
 }
 

@@ -7,6 +7,7 @@
 //! a state message never needs to wait in a queue while the broker is away: on every (re)connection the MQTT task
 //! ([`mqtt`]) republishes the whole retained state first, then the queued events with their original timestamps.
 
+pub mod config;
 pub mod embedding;
 pub mod mqtt;
 

@@ -28,19 +28,18 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::clock;
-use crate::config::{LoadedConfig, PromptConfig, SourceConfig, check_prompt};
+use crate::config::LoadedConfig;
 use crate::control::{ControlStats, Controller, ControllerSetup, SensorInfo, StateFile, TextTower, prompts_hash};
 use crate::encode::{Encoder, ModelDir, ModelSource, engine};
-use crate::labels::{PromptCache, PromptSet, embed_prompts};
+use crate::labels::{PromptCache, PromptConfig, PromptSet, check_prompt, embed_prompts};
 use crate::modality::Modality;
 use crate::preprocess::text::Tokenizer;
 use crate::publish::mqtt::{self, FirstConnect, MqttSettings, MqttStats};
 use crate::publish::{Class, OutMessage, Outbox, OutboxLimits, Topics, parse_broker_url};
 use crate::ring::{RingStats, ring};
-use crate::sources::replay::ReplaySource;
-use crate::sources::serial::SerialImuSource;
-use crate::sources::synthetic::SyntheticSource;
-use crate::sources::{Source, SourceOutput, SourceStats, StopFlag};
+use crate::sources::build::BuildContext;
+use crate::sources::config::SourceConfig;
+use crate::sources::{SourceOutput, SourceStats, StopFlag};
 use crate::window::{PrepareContext, prepare, windower};
 use worker::{EncoderStats, Window, WindowQueue, WorkerContext, run_worker};
 
@@ -350,76 +349,16 @@ fn chosen_prompts(loaded: &LoadedConfig, state: &StateFile, config_hash: &str) -
         .map(|s| (s.name().to_owned(), s.modality()))
         .collect();
     let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
-    let problems: Vec<String> = saved
-        .iter()
-        .flat_map(|p| {
-            check_prompt(p, &cfg.events, &sources, &names)
-                .into_iter()
-                .map(move |(k, m)| format!("{}.{k}: {m}", p.id))
-        })
-        .collect();
+    let mut found = crate::issues::Issues::new();
+    for p in saved {
+        check_prompt(p, &cfg.events, &sources, &names, &mut found.scope(&p.id));
+    }
+    let problems: Vec<String> = found.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
     if problems.is_empty() {
         (saved.clone(), "state_file")
     } else {
         tracing::warn!(problems = ?problems, "The prompts saved from MQTT updates no longer fit the configuration; using the file's.");
         (cfg.prompts.clone(), "config")
-    }
-}
-
-/// Ring capacity for a source, in samples, from `ring_secs` and a nominal rate; frame rings are also bounded by
-/// `ring_max_bytes` assuming frames up to 1920×1080 RGB.
-fn ring_capacity(s: &SourceConfig, ring_secs: f64, ring_max_bytes: u64) -> usize {
-    let rate = match s {
-        SourceConfig::Replay(r) => r.rate_hz,
-        SourceConfig::Synthetic(c) => c.rate_hz,
-        SourceConfig::Serial(c) => Some(c.rate_hz),
-        SourceConfig::V4l2(c) => c.rate_hz,
-        SourceConfig::Gstreamer(c) => c.rate_hz,
-        SourceConfig::Microphone(_) => None,
-    };
-    let per_sec = match s.modality() {
-        // Audio arrives in blocks of at least 5 ms.
-        Modality::Audio => 200.0,
-        Modality::Imu => rate.unwrap_or(1000.0).max(100.0),
-        Modality::Text => rate.unwrap_or(1.0).max(10.0),
-        Modality::Vision | Modality::Depth | Modality::Thermal => rate.unwrap_or(30.0).max(30.0),
-    };
-    let by_time = (ring_secs * per_sec).ceil() as usize;
-    match s.modality() {
-        Modality::Vision | Modality::Depth | Modality::Thermal => {
-            by_time.min((ring_max_bytes / (1920 * 1080 * 3)).max(2) as usize)
-        }
-        _ => by_time,
-    }
-    .max(2)
-}
-
-/// The sources behind cargo features; a build without the feature refuses the source (the configuration check
-/// reports it first).
-fn hardware_source(sc: &SourceConfig) -> anyhow::Result<Box<dyn Source>> {
-    #[allow(dead_code, reason = "used only by builds without some of the features")]
-    fn missing(sc: &SourceConfig, feature: &str) -> anyhow::Error {
-        anyhow::anyhow!(
-            "source {:?}: this build has no {feature} support (built without the `{feature}` feature)",
-            sc.name()
-        )
-    }
-    match sc {
-        #[cfg(feature = "v4l2")]
-        SourceConfig::V4l2(c) => Ok(Box::new(crate::sources::v4l2::V4l2Source::new(c.clone()))),
-        #[cfg(feature = "gstreamer")]
-        SourceConfig::Gstreamer(c) => Ok(Box::new(crate::sources::gstreamer::GstreamerSource::new(c.clone())?)),
-        #[cfg(feature = "microphone")]
-        SourceConfig::Microphone(c) => Ok(Box::new(crate::sources::microphone::MicrophoneSource::new(c.clone()))),
-        #[cfg(not(feature = "v4l2"))]
-        SourceConfig::V4l2(_) => Err(missing(sc, "v4l2")),
-        #[cfg(not(feature = "gstreamer"))]
-        SourceConfig::Gstreamer(_) => Err(missing(sc, "gstreamer")),
-        #[cfg(not(feature = "microphone"))]
-        SourceConfig::Microphone(_) => Err(missing(sc, "microphone")),
-        SourceConfig::Replay(_) | SourceConfig::Synthetic(_) | SourceConfig::Serial(_) => {
-            Err(anyhow::anyhow!("source {:?} is not a hardware source", sc.name()))
-        }
     }
 }
 
@@ -491,7 +430,7 @@ pub async fn run(
         encoders.insert(m, enc);
     }
     // Prompts.
-    let mut cache = PromptCache::open(state_dir.as_deref());
+    let mut cache = PromptCache::with_capacity(state_dir.as_deref(), cfg.runtime.prompt_cache_entries);
     let text_tower = match (encoders.get(&Modality::Text), &tokenizer) {
         (Some(text), Some(tok)) => Some(TextTower {
             encoder: Arc::clone(text),
@@ -627,23 +566,14 @@ pub async fn run(
     for sc in &cfg.sources {
         let name = sc.name().to_owned();
         let modality = sc.modality();
-        let source: Box<dyn Source> = match sc {
-            SourceConfig::Replay(r) => {
-                let paths: Vec<_> = r.paths.iter().map(|p| loaded.resolve(p)).collect();
-                Box::new(ReplaySource::new(
-                    &name,
-                    modality,
-                    &paths,
-                    r.loop_playback,
-                    r.rate_hz,
-                    cfg.preprocess.clone(),
-                )?)
-            }
-            SourceConfig::Synthetic(s) => Box::new(SyntheticSource::new(s.clone())),
-            SourceConfig::Serial(s) => Box::new(SerialImuSource::new(s.clone())),
-            other => hardware_source(other)?,
-        };
-        let (producer, consumer) = ring(ring_capacity(sc, cfg.runtime.ring_secs, cfg.runtime.ring_max_bytes));
+        let built = sc.build(&BuildContext {
+            base: &loaded.base,
+            preprocess: &cfg.preprocess,
+            ring_secs: cfg.runtime.ring_secs,
+            ring_max_bytes: cfg.runtime.ring_max_bytes,
+        })?;
+        let source = built.source;
+        let (producer, consumer) = ring(built.ring_capacity);
         let counters = Arc::new(SourceCounters {
             source: Arc::new(SourceStats::default()),
             ring: Arc::clone(producer.stats()),

@@ -35,8 +35,8 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use super::config::GstreamerSourceConfig;
 use crate::clock::Timestamp;
-use crate::config::GstreamerSourceConfig;
 use crate::modality::Modality;
 
 use super::camera::FrameConverter;

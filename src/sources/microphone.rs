@@ -34,8 +34,8 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
+use super::config::{MicSampleFormat, MicrophoneSourceConfig};
 use crate::clock::Timestamp;
-use crate::config::{MicSampleFormat, MicrophoneSourceConfig};
 
 use super::{Sample, Source, SourceError, SourceOutput, StopFlag};
 

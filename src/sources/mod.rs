@@ -8,7 +8,9 @@
 //! [`serial`] (IMUs on a serial port), and behind cargo features (all on in the shipped build) `v4l2` cameras,
 //! `gstreamer` pipelines and `microphone`s through cpal. Camera sources share [`camera`] and [`pixfmt`].
 
+pub mod build;
 pub mod camera;
+pub mod config;
 #[cfg(feature = "gstreamer")]
 pub mod gstreamer;
 #[cfg(feature = "microphone")]
@@ -309,14 +311,14 @@ pub fn run_with_reopen<D>(
     while !stop.is_raised() {
         let opened = std::time::Instant::now();
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open(out)))
-            .unwrap_or_else(|p| Err(format!("the driver panicked: {}", crate::encode::panic_message(&p))));
+            .unwrap_or_else(|p| Err(format!("the driver panicked: {}", crate::util::panic_message(&p))));
         match attempt {
             Ok((mut device, description)) => {
                 out.set_online(true);
                 tracing::info!(source = %name, device = %description, "Opened the {kind}.");
                 warned = false;
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream(&mut device, out, stop)))
-                    .unwrap_or_else(|p| Err(format!("the driver panicked: {}", crate::encode::panic_message(&p))));
+                    .unwrap_or_else(|p| Err(format!("the driver panicked: {}", crate::util::panic_message(&p))));
                 if let Err(reason) = result {
                     out.lost();
                     out.set_online(false);

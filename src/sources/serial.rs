@@ -20,8 +20,8 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use super::config::{SerialProtocol, SerialSourceConfig};
 use crate::clock::Timestamp;
-use crate::config::{SerialProtocol, SerialSourceConfig};
 use crate::preprocess::imu::{AccUnit, GyroUnit};
 
 use super::{Sample, Source, SourceError, SourceOutput, StopFlag};

@@ -12,9 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::config::SyntheticSourceConfig;
 use super::{FrameImage, Pacer, Sample, Source, SourceError, SourceOutput, StopFlag};
 use crate::clock;
-use crate::config::SyntheticSourceConfig;
 use crate::modality::Modality;
 use crate::preprocess::depth::DepthMap;
 use crate::preprocess::image::{GrayImage, RgbImage};

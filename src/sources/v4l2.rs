@@ -29,7 +29,7 @@ use v4l::io::traits::CaptureStream;
 use v4l::prelude::*;
 use v4l::video::Capture;
 
-use crate::config::V4l2SourceConfig;
+use super::config::V4l2SourceConfig;
 
 use super::camera::{self, FrameConverter, ModeRequest, OfferedMode, Rates};
 use super::pixfmt::PixelFormat;

@@ -9,12 +9,14 @@
 //! score is the softmax over the prompts that apply to the window's modality and source. The cosine similarity is
 //! reported beside it. A label is active when its score reaches its threshold.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use serde::Serialize;
 
-use serde::{Deserialize, Serialize};
+pub mod cache;
+pub mod prompt;
 
-use crate::config::PromptConfig;
+pub use cache::PromptCache;
+pub use prompt::{PromptConfig, check_prompt};
+
 use crate::encode::{EncodeError, Encoder};
 use crate::modality::Modality;
 use crate::preprocess::text::{self as text_pre, Tokenizer};
@@ -116,84 +118,6 @@ pub enum PromptError {
     },
 }
 
-/// The on-disk cache of prompt embeddings.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CacheFile {
-    schema: u32,
-    /// key → embedding
-    entries: BTreeMap<String, Vec<f32>>,
-}
-
-/// Prompt-embedding cache in a state directory.
-#[derive(Debug)]
-pub struct PromptCache {
-    path: Option<PathBuf>,
-    file: CacheFile,
-    dirty: bool,
-}
-
-impl PromptCache {
-    /// Opens (or starts) the cache in `state_dir`; `None` keeps it in memory only. A corrupt cache file is
-    /// ignored with a warning and rewritten.
-    pub fn open(state_dir: Option<&Path>) -> Self {
-        let path = state_dir.map(|d| d.join("prompt-cache.json"));
-        let file = path
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok().map(|b| (p, b)))
-            .and_then(|(p, bytes)| match serde_json::from_slice::<CacheFile>(&bytes) {
-                Ok(f) if f.schema == 1 => Some(f),
-                Ok(_) | Err(_) => {
-                    tracing::warn!(path = %p.display(), "Ignoring an unreadable prompt cache; it will be rebuilt.");
-                    None
-                }
-            })
-            .unwrap_or(CacheFile {
-                schema: 1,
-                entries: BTreeMap::new(),
-            });
-        Self {
-            path,
-            file,
-            dirty: false,
-        }
-    }
-
-    fn key(model_sha: &str, text: &str) -> String {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        h.update(model_sha.as_bytes());
-        h.update([0]);
-        h.update(text_pre::clean(text).as_bytes());
-        crate::encode::manifest::hex(&h.finalize())
-    }
-
-    /// Cached entries.
-    pub fn len(&self) -> usize {
-        self.file.entries.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.file.entries.is_empty()
-    }
-
-    /// Writes the cache if it changed (atomically: a temporary file renamed over the old one).
-    pub fn save(&mut self) -> std::io::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
-        if !self.dirty {
-            return Ok(());
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&self.file).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, path)?;
-        self.dirty = false;
-        Ok(())
-    }
-}
-
 /// Embeds the configured prompts with the text tower, using and filling the cache.
 pub fn embed_prompts(
     configs: &[PromptConfig],
@@ -208,8 +132,8 @@ pub fn embed_prompts(
         let mut sum = vec![0f32; text_encoder.info().output_dim];
         for text in &texts {
             let key = PromptCache::key(text_model_sha, text);
-            let emb = match cache.file.entries.get(&key) {
-                Some(e) if e.len() == sum.len() => e.clone(),
+            let emb = match cache.get(&key) {
+                Some(e) if e.len() == sum.len() => e,
                 _ => {
                     let ids = Tensor::from_i64(vec![1, text_pre::CONTEXT_LENGTH], tokenizer.tokenize(text).to_vec())
                         .map_err(|e| PromptError::Encode {
@@ -224,8 +148,7 @@ pub fn embed_prompts(
                         source,
                     })?;
                     let e = out.as_f32().unwrap_or_default().to_vec();
-                    cache.file.entries.insert(key, e.clone());
-                    cache.dirty = true;
+                    cache.insert(key, e.clone());
                     e
                 }
             };

@@ -1,0 +1,288 @@
+//! The `[[prompts]]` entries: what a label listens for, its thresholds and event overrides, and the checks
+//! shared by the configuration file and `prompts/set` updates.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::events::{self, EventsConfig};
+use crate::issues::Scope;
+use crate::modality::Modality;
+use crate::util::is_slug;
+
+/// One label: a prompt (or several phrasings of it) scored against windows.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptConfig {
+    /// Label id used in messages and topics: lower-case letters, digits, `_` and `-`; unique.
+    pub id: String,
+    /// The prompt.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Several phrasings; their embeddings are averaged.
+    #[serde(default)]
+    pub texts: Vec<String>,
+    /// Modalities it applies to (default: every modality of the sources it applies to).
+    #[serde(default)]
+    pub modalities: Vec<Modality>,
+    /// Sources it applies to (default: all).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Score (softmax probability among the applicable prompts) at or above which the label is active; the onset
+    /// threshold of its events.
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+    /// An active event stays on while the aggregated score is at least this (default: 0.8 × `threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_threshold: Option<f32>,
+    /// Overrides `events.aggregate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<events::Aggregate>,
+    /// Overrides `events.aggregate_windows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_windows: Option<usize>,
+    /// Overrides `events.onset_k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset_k: Option<usize>,
+    /// Overrides `events.onset_n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset_n: Option<usize>,
+    /// Overrides `events.hold_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_secs: Option<f64>,
+    /// Overrides `events.cooldown_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_secs: Option<f64>,
+    /// Overrides `events.max_event_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_secs: Option<f64>,
+    /// Home Assistant `device_class` of the label's binary sensor (default by modality: `sound` for audio,
+    /// `motion` for IMU, `occupancy` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_class: Option<String>,
+}
+
+fn default_threshold() -> f32 {
+    0.5
+}
+
+impl PromptConfig {
+    /// A prompt with one phrasing and every other key at its default.
+    pub fn new(id: &str, text: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            text: Some(text.to_owned()),
+            texts: Vec::new(),
+            modalities: Vec::new(),
+            sources: Vec::new(),
+            threshold: default_threshold(),
+            off_threshold: None,
+            aggregate: None,
+            aggregate_windows: None,
+            onset_k: None,
+            onset_n: None,
+            hold_secs: None,
+            cooldown_secs: None,
+            max_event_secs: None,
+            device_class: None,
+        }
+    }
+
+    /// All phrasings of the prompt.
+    pub fn all_texts(&self) -> Vec<String> {
+        self.text.iter().cloned().chain(self.texts.iter().cloned()).collect()
+    }
+
+    /// Whether the prompt applies to a window of `modality` from `source`.
+    pub fn applies_to(&self, modality: Modality, source: &str) -> bool {
+        (self.modalities.is_empty() || self.modalities.contains(&modality))
+            && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
+    }
+
+    /// The off threshold (default 0.8 × `threshold`).
+    pub fn off(&self) -> f32 {
+        self.off_threshold.unwrap_or(self.threshold * 0.8)
+    }
+
+    /// The event parameters of this prompt: its own keys over the `[events]` defaults.
+    pub fn event_params(&self, d: &EventsConfig) -> events::EventParams {
+        let secs = events::duration_from_secs;
+        events::EventParams {
+            aggregate: self.aggregate.unwrap_or(d.aggregate),
+            aggregate_windows: self.aggregate_windows.unwrap_or(d.aggregate_windows),
+            onset_k: self.onset_k.unwrap_or(d.onset_k),
+            onset_n: self.onset_n.unwrap_or(d.onset_n),
+            hold: secs(self.hold_secs.unwrap_or(d.hold_secs)),
+            cooldown: secs(self.cooldown_secs.unwrap_or(d.cooldown_secs)),
+            max_event: secs(self.max_event_secs.unwrap_or(d.max_event_secs)),
+            ..d.params(self.threshold, self.off())
+        }
+    }
+}
+
+/// Home Assistant's binary_sensor device classes (`BinarySensorDeviceClass` in Home Assistant 2025.4): a
+/// label's `device_class` must be one of them, or Home Assistant drops the label's entity at every discovery.
+pub const HA_BINARY_SENSOR_DEVICE_CLASSES: [&str; 28] = [
+    "battery",
+    "battery_charging",
+    "carbon_monoxide",
+    "cold",
+    "connectivity",
+    "door",
+    "garage_door",
+    "gas",
+    "heat",
+    "light",
+    "lock",
+    "moisture",
+    "motion",
+    "moving",
+    "occupancy",
+    "opening",
+    "plug",
+    "power",
+    "presence",
+    "problem",
+    "running",
+    "safety",
+    "smoke",
+    "sound",
+    "tamper",
+    "update",
+    "vibration",
+    "window",
+];
+
+/// Checks one prompt's values against the sources; keys are relative to the prompt (`id`, `text`,
+/// `sources[1]`, …) under `issues`' scope. Used for the configuration file and for `prompts/set` updates alike.
+/// `source_names` lists every configured sensor name; `sources` the sensors whose modality is known.
+pub fn check_prompt(
+    pr: &PromptConfig,
+    events: &EventsConfig,
+    sources: &[(String, Modality)],
+    source_names: &[String],
+    issues: &mut Scope<'_>,
+) {
+    if !is_slug(&pr.id) {
+        issues.push(
+            "id",
+            format!("{:?} is not a valid id: use [a-z0-9_-], at most 64 characters", pr.id),
+        );
+    }
+    check_texts(&pr.all_texts(), issues);
+    if !(0.0..=1.0).contains(&pr.threshold) {
+        issues.push("threshold", format!("must be between 0 and 1, got {}", pr.threshold));
+    }
+    if let Some(off) = pr.off_threshold
+        && !(0.0..=1.0).contains(&off)
+    {
+        issues.push("off_threshold", format!("must be between 0 and 1, got {off}"));
+    }
+    if (0.0..=1.0).contains(&pr.threshold)
+        && pr.off_threshold.is_none_or(|o| (0.0..=1.0).contains(&o))
+        && let Err(e) = pr.event_params(events).validate()
+    {
+        issues.push("threshold", e);
+    }
+    for (key, v) in [
+        ("hold_secs", pr.hold_secs),
+        ("cooldown_secs", pr.cooldown_secs),
+        ("max_event_secs", pr.max_event_secs),
+    ] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0 && *v <= 86_400.0)) {
+            issues.push(key, format!("must be between 0 and 86400 seconds, got {v}"));
+        }
+    }
+    if let Some(dc) = &pr.device_class
+        && !HA_BINARY_SENSOR_DEVICE_CLASSES.contains(&dc.as_str())
+    {
+        issues.push(
+            "device_class",
+            format!(
+                "{dc:?} is not a Home Assistant binary_sensor device class; use one of {}",
+                HA_BINARY_SENSOR_DEVICE_CLASSES.join(", ")
+            ),
+        );
+    }
+    for (j, s) in pr.sources.iter().enumerate() {
+        if !source_names.iter().any(|n| n == s) {
+            issues.push(&format!("sources[{j}]"), format!("no source is named {s:?}"));
+        }
+    }
+    let reachable = sources.iter().any(|(name, m)| pr.applies_to(*m, name));
+    if !sources.is_empty() && !reachable && sources.len() == source_names.len() {
+        issues.push("modalities", "applies to no configured source");
+    }
+}
+
+fn check_texts(texts: &[String], issues: &mut Scope<'_>) {
+    if texts.is_empty() {
+        issues.push("text", "needs text or texts");
+    }
+    if texts.len() > 16 {
+        issues.push("texts", format!("{} phrasings; at most 16", texts.len()));
+    }
+    for (j, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            issues.push("text", format!("text {j} is empty"));
+        }
+        if t.len() > 2000 {
+            issues.push(
+                "text",
+                format!("text {j} is {} bytes long; keep prompts under 2000", t.len()),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issues::Issues;
+
+    fn problems(pr: &PromptConfig) -> Vec<(String, String)> {
+        let mut issues = Issues::new();
+        let sources = [("mic0".to_owned(), Modality::Audio)];
+        check_prompt(
+            pr,
+            &EventsConfig::default(),
+            &sources,
+            &["mic0".to_owned()],
+            &mut issues.scope(""),
+        );
+        issues.into_vec().into_iter().map(|i| (i.path, i.message)).collect()
+    }
+
+    #[test]
+    fn issue_12_device_class_must_be_a_home_assistant_binary_sensor_class() {
+        let ok = PromptConfig {
+            device_class: Some("sound".into()),
+            ..PromptConfig::new("glass", "glass breaking")
+        };
+        assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
+        // A slug that Home Assistant does not know: it would drop the entity at every discovery.
+        let bad = PromptConfig {
+            device_class: Some("glass_break".into()),
+            ..ok.clone()
+        };
+        let p = problems(&bad);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "device_class");
+        assert!(p[0].1.contains("glass_break") && p[0].1.contains("sound"), "{}", p[0].1);
+    }
+
+    #[test]
+    fn prompt_event_params_override_the_events_section() {
+        let d = EventsConfig::default();
+        let pr = PromptConfig {
+            hold_secs: Some(2.0),
+            onset_k: Some(1),
+            ..PromptConfig::new("a", "a")
+        };
+        let p = pr.event_params(&d);
+        assert_eq!(p.hold, std::time::Duration::from_secs(2));
+        assert_eq!(p.onset_k, 1);
+        assert_eq!(p.onset_n, d.onset_n);
+        assert!((p.on - 0.5).abs() < 1e-6 && (p.off - 0.4).abs() < 1e-6);
+        assert_eq!(p.update_interval, events::duration_from_secs(d.update_interval_secs));
+    }
+}
