@@ -240,6 +240,10 @@ hop_secs = 0.5
 [[prompts]]
 id = "ball"
 text = "a white ball moving"
+
+[[prompts]]
+id = "dog"
+text = "a dog barking"
 "#,
     );
     let mut daemon = common::Daemon::start(dir.path(), "cam", &config, &[]);
@@ -254,5 +258,12 @@ text = "a white ball moving"
     });
     let stats = common::source_stats(&sub.snapshot(), "cam-rig", "cam0");
     assert!(ok, "no labelled camera windows: {stats:?}\n{}", daemon.log());
+    for m in sub
+        .snapshot()
+        .iter()
+        .filter(|m| m.topic == "sensebind/cam-rig/labels/cam0")
+    {
+        common::check_scores(&m.json(), 2);
+    }
     daemon.stop();
 }

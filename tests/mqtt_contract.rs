@@ -12,14 +12,10 @@ use std::time::Duration;
 
 use common::{Daemon, Mosquitto, Received, Subscriber, imu_config};
 
-/// A prompt that is always the top score (it is the only one), so its events cycle by `max_event_secs`.
-const ALWAYS_ON: &str = r#"
-[[prompts]]
-id = "walking"
-text = "a person walking"
-threshold = 0.5
-max_event_secs = 0.5
-"#;
+/// `walking` is on for every window and `still` for none, so walking's events cycle by `max_event_secs`.
+fn prompts() -> String {
+    common::walking_not_still(0.5)
+}
 
 fn text(m: &Received) -> String {
     String::from_utf8_lossy(&m.payload).into_owned()
@@ -61,7 +57,7 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
         &broker.url(),
         &tmp.path().join("state"),
         "[mqtt.embeddings]\nmode = \"every_n\"\nevery_n = 2\ndtype = \"f16\"\n",
-        ALWAYS_ON,
+        &prompts(),
     );
     let mut d = Daemon::start(tmp.path(), "st", &cfg, &[]);
     let ok = sub.wait_for(Duration::from_secs(60), |m| {
@@ -82,6 +78,8 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
         "sensebind/st/sensor/imu0/enabled/state",
         "sensebind/st/label/walking/state",
         "sensebind/st/label/walking/enabled/state",
+        "sensebind/st/label/still/state",
+        "sensebind/st/label/still/enabled/state",
     ];
     assert!(
         late.wait_for(Duration::from_secs(5), |m| want
@@ -109,6 +107,7 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
     let prompts = last_on(&retained, "sensebind/st/prompts/state").unwrap().json();
     assert_eq!(prompts["prompts"][0]["id"], "walking");
     assert_eq!(prompts["prompts"][0]["max_event_secs"], 0.5);
+    assert_eq!(prompts["prompts"][1]["id"], "still");
     // Home Assistant discovery, retained.
     assert!(ha.wait_for(Duration::from_secs(5), |m| {
         m.iter().any(|r| r.topic == "homeassistant/device/st/config")
@@ -135,7 +134,11 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
     );
 
     d.stop();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        sub.wait_for(Duration::from_secs(5), |m| common::said_offline(m, "st")),
+        "offline, the daemon's last message, did not arrive:\n{}",
+        d.log()
+    );
     let msgs = sub.snapshot();
     // Every start has exactly one end, with consecutive message numbers; ids are unique per event.
     let mut events: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
@@ -156,6 +159,12 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
         reasons.insert(list.last().unwrap()["end_reason"].as_str().unwrap().to_owned());
         assert_eq!(list[0]["label"], "walking");
         assert_eq!(list[0]["sensor"], "imu0");
+        // One window per decision (`aggregate_windows = 1`): the start's score and its runner-up's are that
+        // window's softmax over the two prompts.
+        let (score, other) = (&list[0]["score"], &list[0]["runner_up"][0]);
+        assert_eq!(other["label"], "still", "{}", list[0]);
+        let sum = score.as_f64().unwrap() + other["score"].as_f64().unwrap();
+        assert!((sum - 1.0).abs() < 1e-4, "{}", list[0]);
     }
     assert!(reasons.contains("max_duration"), "{reasons:?}");
     // An event open at SIGTERM ends with `shutdown` (one usually is; between two events none is: the controller's
@@ -172,6 +181,18 @@ fn retained_state_events_embeddings_and_clean_shutdown() {
         .collect();
     assert!(states.contains(&"ON".to_owned()), "{states:?}");
     assert_eq!(states.last().map(String::as_str), Some("OFF"), "{states:?}");
+    let still: Vec<String> = msgs
+        .iter()
+        .filter(|m| m.topic == "sensebind/st/label/still/state")
+        .map(text)
+        .collect();
+    assert!(!still.is_empty() && still.iter().all(|s| s == "OFF"), "{still:?}");
+    // Every label message lists both prompts with their softmax scores, walking first.
+    let labels: Vec<&Received> = msgs.iter().filter(|m| m.topic == "sensebind/st/labels/imu0").collect();
+    assert!(!labels.is_empty(), "no label messages");
+    for m in labels {
+        assert_eq!(common::check_scores(&m.json(), 2)[0].0, "walking", "{}", text(m));
+    }
     assert_eq!(text(&last_on(&msgs, "sensebind/st/availability").unwrap()), "offline");
     // Embeddings: every second window, CBOR f16, decodable, unit length.
     let embs: Vec<&Received> = msgs
@@ -198,7 +219,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let sub = Subscriber::start(broker.port, "sensebind/pu/#");
-    let cfg = imu_config("pu", &broker.url(), &state, "", ALWAYS_ON);
+    let cfg = imu_config("pu", &broker.url(), &state, "", &prompts());
     // A retained command waiting on the broker (MQTT 3.1.1 marks a message retained only when it is delivered
     // from the broker's store, i.e. on subscribe): refused, not replayed.
     let set = "sensebind/pu/prompts/set";
@@ -292,12 +313,12 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
         false,
         "off",
     );
-    // Nothing changed: revision 0, one prompt.
+    // Nothing changed: revision 0, two prompts.
     let cs = last_on(&sub.snapshot(), "sensebind/pu/config/state").unwrap().json();
     assert_eq!(cs["status"], "rejected");
     assert_eq!(cs["rev"], 0);
     let ps = last_on(&sub.snapshot(), "sensebind/pu/prompts/state").unwrap().json();
-    assert_eq!(ps["prompts"].as_array().unwrap().len(), 1);
+    assert_eq!(ps["prompts"].as_array().unwrap().len(), 2);
     // A good update: applied, with a new revision, label topics and a response naming the request.
     common::publish(
         broker.port,
@@ -316,7 +337,7 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
         .iter()
         .map(|p| p["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["walking", "glass"]);
+    assert_eq!(ids, ["walking", "still", "glass"]);
     assert!(sub.wait_for(Duration::from_secs(5), |m| {
         m.iter().any(|r| r.topic == "sensebind/pu/label/glass/state")
     }));
@@ -358,8 +379,8 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
         d2.log()
     );
     let ps = last_on(&sub2.snapshot(), "sensebind/pu/prompts/state").unwrap().json();
-    assert_eq!(ps["prompts"][1]["id"], "glass");
-    assert_eq!(ps["prompts"][1]["enabled"], false);
+    assert_eq!(ps["prompts"][2]["id"], "glass");
+    assert_eq!(ps["prompts"][2]["enabled"], false);
     // Deleting a prompt clears its retained topics and removes its Home Assistant entities.
     common::publish(broker.port, set, br#"{"delete": ["glass"]}"#, false);
     assert!(sub2.wait_for(Duration::from_secs(20), |m| {
@@ -370,7 +391,14 @@ fn prompt_updates_are_validated_applied_atomically_and_persisted() {
     let disc = ha.snapshot().last().unwrap().json();
     assert_eq!(disc["cmps"]["label-glass"], serde_json::json!({ "p": "binary_sensor" }));
     let late = Subscriber::start(broker.port, "sensebind/pu/label/#");
-    std::thread::sleep(Duration::from_millis(500));
+    // The broker sends the retained messages on subscribe, before the marker published after it.
+    late.sync("sensebind/pu/label/test-marker");
+    assert!(
+        late.snapshot()
+            .iter()
+            .any(|r| r.retain && r.topic == "sensebind/pu/label/walking/state"),
+        "walking's retained state is missing"
+    );
     assert!(
         late.snapshot().iter().all(|r| !r.topic.contains("/glass/")),
         "glass topics still retained"

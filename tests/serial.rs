@@ -32,11 +32,9 @@ impl PtyPair {
             .stderr(Stdio::null())
             .spawn()
             .expect("socat (apt-get install socat)");
-        let until = Instant::now() + Duration::from_secs(5);
-        while !(dir.join("imu").exists() && dir.join("feed").exists()) {
-            assert!(Instant::now() < until, "socat made no ptys");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_until(Duration::from_secs(5), "socat's ptys", || {
+            dir.join("imu").exists() && dir.join("feed").exists()
+        });
         Self { child }
     }
 
@@ -82,6 +80,7 @@ fn feeder(feed: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> 
                     break;
                 }
                 n += 1;
+                // Part of the scenario: a device sending at its own pace (about 192 lines a second).
                 std::thread::sleep(Duration::from_millis(5));
             }
             n
@@ -213,6 +212,7 @@ text = "a phone lying on a table"
     // The device stays open but goes quiet for 1.2 s: one gap of about that length.
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
+    // Part of the scenario: the quiet spell whose length the gap statistics must report.
     std::thread::sleep(Duration::from_millis(1200));
     stop.store(false, Ordering::Relaxed);
     let writer = feeder(tmp.path().join("feed"), Arc::clone(&stop));

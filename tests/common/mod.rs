@@ -498,6 +498,8 @@ impl Received {
 pub struct Subscriber {
     /// Messages so far.
     pub messages: Arc<Mutex<Vec<Received>>>,
+    /// The broker's port (for [`Subscriber::sync`]).
+    port: u16,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -521,6 +523,7 @@ impl Subscriber {
     /// Like [`Subscriber::start`] with the caller's connection options (client id, credentials, TLS transport from
     /// [`Certs::tls_config`], ...); keep-alive and packet sizes are set here.
     pub fn start_with_options(mut opts: rumqttc::MqttOptions, filter: &str) -> Self {
+        let port = opts.broker_address().1;
         let messages = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (m, s, f) = (Arc::clone(&messages), Arc::clone(&stop), filter.to_owned());
@@ -565,6 +568,7 @@ impl Subscriber {
         ready_rx.recv_timeout(Duration::from_secs(10)).expect("subscribed");
         Subscriber {
             messages,
+            port,
             stop,
             thread: Some(thread),
         }
@@ -585,6 +589,20 @@ impl Subscriber {
             std::thread::sleep(Duration::from_millis(50));
         }
         pred(&self.snapshot())
+    }
+
+    /// Publishes a marker message on `topic` (inside this subscriber's filter; on a plain listener) and waits until
+    /// it has arrived: whatever the broker queued for this subscriber before it, such as the retained messages it
+    /// sent on subscribe, has arrived by then too. Pick a topic nothing else reads or checks.
+    pub fn sync(&self, topic: &str) {
+        let marker = format!("marker-{}-{}", std::process::id(), next_id());
+        publish(self.port, topic, marker.as_bytes(), false);
+        assert!(
+            self.wait_for(Duration::from_secs(10), |m| m
+                .iter()
+                .any(|r| r.topic == topic && r.payload == marker.as_bytes())),
+            "the marker on {topic} did not come back"
+        );
     }
 }
 
@@ -879,6 +897,27 @@ hop_secs = 0.1
     )
 }
 
+/// Two prompts for [`imu_config`]'s synthetic IMU, both with threshold 0.5, so only the argmax of the two can fire:
+/// with the tiny models `walking` scores 0.537 and `still` 0.463 on every window, so walking's events cycle every
+/// `max_event_secs` and still never has one (a single prompt would score 1 whatever the window). New models may need
+/// new prompts here.
+pub fn walking_not_still(max_event_secs: f64) -> String {
+    format!(
+        r#"
+[[prompts]]
+id = "walking"
+text = "a person walking"
+threshold = 0.5
+max_event_secs = {max_event_secs}
+
+[[prompts]]
+id = "still"
+text = "a phone lying on a table"
+threshold = 0.5
+"#
+    )
+}
+
 /// The `sources.{source}` objects of every `stats` message of `device` received so far.
 pub fn source_stats(messages: &[Received], device: &str, source: &str) -> Vec<serde_json::Value> {
     let topic = format!("sensebind/{device}/stats");
@@ -1028,6 +1067,52 @@ impl Drop for Daemon {
         let _killed = self.child.kill();
         let _reaped = self.child.wait();
     }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` if `within` passes first. For a state the test can
+/// look at directly (a file, a counter, a log line); messages have [`Subscriber::wait_for`].
+pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether the last `sensebind/{device}/availability` message so far says `offline`. A daemon stopping cleanly
+/// publishes it after everything else it had to send (final stats included), so once it is here, so is the rest.
+pub fn said_offline(msgs: &[Received], device: &str) -> bool {
+    let topic = format!("sensebind/{device}/availability");
+    msgs.iter()
+        .rev()
+        .find(|m| m.topic == topic)
+        .is_some_and(|m| m.payload == b"offline")
+}
+
+/// Checks the scores of a `labels/1` message that lists every prompt that applies to its window (`prompts` of
+/// them, at least two: with a single prompt the softmax is 1 whatever the window, so nothing could fail): each score
+/// within [0, 1], highest first, summing to 1 (so no more than one is 1: in f32 a softmax rounds to exactly 1 and
+/// almost 0 once a logit leads by about 17, as a caption against text prompts does), and every cosine within
+/// [-1, 1]. Returns the labels in order.
+pub fn check_scores(v: &serde_json::Value, prompts: usize) -> Vec<(String, f64)> {
+    assert!(prompts >= 2, "scores need two prompts to mean anything");
+    let labels = v["labels"].as_array().unwrap_or_else(|| panic!("no labels: {v}"));
+    assert_eq!(labels.len(), prompts, "one label per applicable prompt: {v}");
+    let scored: Vec<(String, f64)> = labels
+        .iter()
+        .map(|l| (l["label"].as_str().unwrap().to_owned(), l["score"].as_f64().unwrap()))
+        .collect();
+    for (l, (_, score)) in labels.iter().zip(&scored) {
+        assert!((0.0..=1.0).contains(score), "{v}");
+        assert!(l["cosine"].as_f64().unwrap().abs() <= 1.0 + 1e-5, "{v}");
+    }
+    assert!(scored.windows(2).all(|w| w[0].1 >= w[1].1), "highest score first: {v}");
+    let sum: f64 = scored.iter().map(|(_, s)| s).sum();
+    assert!(
+        (sum - 1.0).abs() < 1e-4,
+        "the scores are a softmax, summing to 1, not {sum}: {v}"
+    );
+    scored
 }
 
 /// A number unique in this test process (client ids: two clients with one id keep kicking each other off).
