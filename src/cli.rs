@@ -453,36 +453,49 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn termination() {
+/// Watches SIGINT and SIGTERM from now on and returns a future that completes on either. Installed first thing
+/// (before the configuration is read or anything starts), so a signal during start-up is a clean stop with exit
+/// 0, never the default action that kills the process.
+fn install_signals(rt: &tokio::runtime::Runtime) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let _context = rt.enter();
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot watch SIGTERM; only Ctrl-C stops the daemon.");
-                let _interrupted = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _interrupted = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _interrupted = tokio::signal::ctrl_c().await;
+        })
     }
+}
+
+/// Ends the runtime without waiting for blocking work abandoned at a stop during start-up (a tower still
+/// loading): the process is exiting.
+fn close_runtime(rt: tokio::runtime::Runtime) {
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
 }
 
 fn demo(args: &DemoArgs) -> anyhow::Result<u8> {
     let duration = secs(args.duration, "--duration")?;
-    tokio_runtime()?.block_on(crate::demo::run(duration, args.mqtt.clone(), termination()))
+    let rt = tokio_runtime()?;
+    let stop = install_signals(&rt)?;
+    let code = rt.block_on(crate::demo::run(duration, args.mqtt.clone(), stop));
+    close_runtime(rt);
+    code
 }
 
 fn run_daemon(args: &RunArgs) -> anyhow::Result<u8> {
+    let rt = tokio_runtime()?;
+    let stop = install_signals(&rt)?;
     let loaded = match crate::config::load(&args.config) {
         Ok(l) => l,
         Err(e) => {
@@ -496,7 +509,9 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<u8> {
         duration: secs(args.duration, "--duration")?,
         encoder_delay: None,
     };
-    let summary = tokio_runtime()?.block_on(crate::runtime::run(&loaded, &options, termination()))?;
+    let summary = rt.block_on(crate::runtime::run(&loaded, &options, stop));
+    close_runtime(rt);
+    let summary = summary?;
     Ok(if summary.stragglers.is_empty() {
         EXIT_OK
     } else {

@@ -114,7 +114,7 @@ pub fn view_line(payload: &[u8]) -> Option<String> {
 pub async fn run(
     duration: Option<Duration>,
     mqtt_url: Option<String>,
-    stop: impl std::future::Future<Output = ()>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<u8> {
     let path = demo_config_path();
     let mut loaded: LoadedConfig = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -1,0 +1,465 @@
+//! The stages the supervisor starts, each a function: encoders loaded, prompts embedded, the publisher, the
+//! encoder workers, the sources with their window stages, the controller and the stats task. Blocking work
+//! (model loading, the text tower) runs on the blocking pool, never on the async workers.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::RunOptions;
+use super::metrics::{Metrics, SourceCounters};
+use super::plan::Plan;
+use super::tasks::{Tracked, spawn_named};
+use super::worker::{EncoderStats, Window, WindowQueue, WorkerContext, run_worker};
+use crate::config::LoadedConfig;
+use crate::control::{ControlStats, SensorInfo, TextTower};
+use crate::encode::{Encoder, ModelDir, ModelSource, engine};
+use crate::labels::{PromptCache, PromptConfig, PromptSet, embed_prompts};
+use crate::modality::Modality;
+use crate::preprocess::text::Tokenizer;
+use crate::publish::mqtt::{self, FirstConnect, MqttSettings, MqttStats};
+use crate::publish::{OutMessage, Outbox};
+use crate::ring::{RingConsumer, ring};
+use crate::sources::build::BuildContext;
+use crate::sources::{SourceOutput, SourceStats, StopFlag};
+use crate::window::{PrepareContext, prepare, windower};
+
+/// An encoder slowed down on purpose (see [`RunOptions::encoder_delay`]).
+struct DelayedEncoder {
+    inner: Arc<dyn Encoder>,
+    delay: Duration,
+}
+
+impl Encoder for DelayedEncoder {
+    fn info(&self) -> &crate::encode::EncoderInfo {
+        self.inner.info()
+    }
+
+    fn encode(&self, batch: &crate::tensor::Tensor) -> Result<crate::tensor::Tensor, crate::encode::EncodeError> {
+        std::thread::sleep(self.delay);
+        self.inner.encode(batch)
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+/// The loaded towers.
+pub struct Encoders {
+    /// One per tower, by modality.
+    pub by_modality: BTreeMap<Modality, Arc<dyn Encoder>>,
+    /// Model id, backend and dimension per tower (for `info`).
+    pub info: BTreeMap<String, serde_json::Value>,
+    /// The prompt embedder, when prompts or text sources need it.
+    pub text: Option<TextTower>,
+    /// CLIP BPE, when needed.
+    pub tokenizer: Option<Arc<Tokenizer>>,
+}
+
+/// Loads every tower the plan needs, on the blocking pool.
+pub async fn load_encoders(loaded: &LoadedConfig, plan: &Plan, options: &RunOptions) -> anyhow::Result<Encoders> {
+    let loaded = loaded.clone();
+    let (towers, need_text, delay) = (plan.towers(), plan.need_text, options.encoder_delay);
+    tokio::task::spawn_blocking(move || load_encoders_blocking(&loaded, &towers, need_text, delay))
+        .await
+        .context("model loading was interrupted")?
+}
+
+fn load_encoders_blocking(
+    loaded: &LoadedConfig,
+    towers: &std::collections::BTreeSet<Modality>,
+    need_text: bool,
+    delay: Option<Duration>,
+) -> anyhow::Result<Encoders> {
+    let model_dir = ModelDir::open(&loaded.resolve(&loaded.config.models.dir))?;
+    let tokenizer = if need_text {
+        model_dir.verify_bpe_checksum()?;
+        Some(Arc::new(Tokenizer::from_file(
+            &model_dir.path(&model_dir.manifest().bpe),
+        )?))
+    } else {
+        None
+    };
+    let mut by_modality: BTreeMap<Modality, Arc<dyn Encoder>> = BTreeMap::new();
+    let mut info = BTreeMap::new();
+    for &m in towers {
+        let opts = loaded.engine_options(m);
+        let enc = engine::load(ModelSource::Dir(&model_dir), m, &opts)?;
+        tracing::info!(modality = %m, model = %enc.info().model_id, backend = enc.backend(), threads = opts.threads, "Loaded encoder.");
+        info.insert(
+            m.to_string(),
+            serde_json::json!({ "model": enc.info().model_id, "backend": enc.backend(), "dim": enc.info().output_dim }),
+        );
+        let enc: Arc<dyn Encoder> = match delay {
+            Some(delay) => Arc::new(DelayedEncoder { inner: enc, delay }),
+            None => enc,
+        };
+        by_modality.insert(m, enc);
+    }
+    let text = match (by_modality.get(&Modality::Text), &tokenizer) {
+        (Some(text), Some(tok)) => Some(TextTower {
+            encoder: Arc::clone(text),
+            sha256: model_dir.tower(Modality::Text)?.sha256.clone(),
+            tokenizer: Arc::clone(tok),
+        }),
+        _ => None,
+    };
+    Ok(Encoders {
+        by_modality,
+        info,
+        text,
+        tokenizer,
+    })
+}
+
+/// Embeds the starting prompts with the text tower on the blocking pool, using and filling the cache (which is
+/// handed back for the controller's later updates).
+pub async fn embed_start_prompts(
+    text: Option<TextTower>,
+    prompts: Vec<PromptConfig>,
+    mut cache: PromptCache,
+    origin: &'static str,
+) -> anyhow::Result<(PromptSet, PromptCache)> {
+    let Some(t) = text.filter(|_| !prompts.is_empty()) else {
+        return Ok((PromptSet::default(), cache));
+    };
+    tokio::task::spawn_blocking(move || {
+        let set = embed_prompts(&prompts, t.encoder.as_ref(), &t.sha256, &t.tokenizer, &mut cache)?;
+        if let Err(e) = cache.save() {
+            tracing::warn!(error = %e, "Cannot save the prompt cache.");
+        }
+        tracing::info!(
+            prompts = set.prompts().len(),
+            cached = cache.len(),
+            origin,
+            "Prompts embedded."
+        );
+        Ok((set, cache))
+    })
+    .await
+    .context("prompt embedding was interrupted")?
+}
+
+/// The MQTT task (or, with MQTT off, a task that logs what would be published).
+pub struct Publisher {
+    /// The task; it ends after flushing the closed outbox.
+    pub task: tokio::task::JoinHandle<()>,
+    /// Tells the MQTT task to flush and disconnect.
+    pub stop: tokio::sync::watch::Sender<bool>,
+    /// The outcome of the first connection attempt (MQTT on only).
+    pub first: Option<tokio::sync::oneshot::Receiver<FirstConnect>>,
+}
+
+/// Starts the publisher. Commands from the broker go to `commands` (bounded; when full a command is dropped
+/// and counted by the MQTT task).
+pub fn start_publisher(
+    settings: Option<MqttSettings>,
+    outbox: &Arc<Outbox>,
+    stats: &Arc<MqttStats>,
+    commands: tokio::sync::mpsc::Sender<mqtt::Incoming>,
+    shutdown_timeout: Duration,
+) -> Publisher {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let Some(settings) = settings else {
+        drop(commands);
+        let ob = Arc::clone(outbox);
+        let task = tokio::spawn(async move {
+            loop {
+                while let Some(msg) = ob.pop() {
+                    ob.mark_sent(msg.class);
+                    tracing::info!(topic = %msg.topic, payload = %String::from_utf8_lossy(&msg.payload), "Message (MQTT disabled).");
+                }
+                if ob.is_closed() {
+                    break;
+                }
+                ob.ready().await;
+            }
+        });
+        return Publisher {
+            task,
+            stop,
+            first: None,
+        };
+    };
+    tracing::info!(client_id = %settings.client_id, "Publishing to MQTT.");
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(mqtt::run(
+        settings,
+        mqtt::Connection {
+            outbox: Arc::clone(outbox),
+            stats: Arc::clone(stats),
+            commands,
+            first: Some(first_tx),
+        },
+        stop_rx,
+        shutdown_timeout,
+    ));
+    Publisher {
+        task,
+        stop,
+        first: Some(first_rx),
+    }
+}
+
+/// Waits (at most 15 s) for the first connection attempt: a broker that rejects us is a configuration error;
+/// one that cannot be reached yet is not (the task keeps retrying).
+pub async fn first_connect(
+    first: Option<tokio::sync::oneshot::Receiver<FirstConnect>>,
+    url: &str,
+) -> anyhow::Result<()> {
+    let Some(first) = first else { return Ok(()) };
+    match tokio::time::timeout(Duration::from_secs(15), first).await {
+        Ok(Ok(FirstConnect::Rejected(why))) => anyhow::bail!("MQTT broker {url}: {why}"),
+        Ok(Ok(FirstConnect::Unreachable(why))) => {
+            tracing::warn!(broker = %url, error = %why, "The MQTT broker is not reachable yet; running and retrying.");
+        }
+        Ok(Ok(FirstConnect::Connected)) => {}
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(broker = %url, "No answer from the MQTT broker yet; running and retrying.");
+        }
+    }
+    Ok(())
+}
+
+/// What the encoder workers share.
+pub struct EncoderSetup<'a> {
+    /// The towers.
+    pub encoders: &'a Encoders,
+    /// The active prompts.
+    pub prompts: &'a Arc<RwLock<Arc<PromptSet>>>,
+    /// Scored windows to the controller.
+    pub scored: &'a tokio::sync::mpsc::Sender<crate::control::Scored>,
+    /// The controller's counters (scored windows dropped).
+    pub control: &'a Arc<ControlStats>,
+}
+
+/// Starts one encoder worker per source modality; returns their queues and threads.
+pub fn start_encoders(
+    loaded: &LoadedConfig,
+    plan: &Plan,
+    setup: &EncoderSetup<'_>,
+    metrics: &mut Metrics,
+) -> anyhow::Result<(BTreeMap<Modality, Arc<WindowQueue>>, Vec<Tracked>)> {
+    let models = &loaded.config.models;
+    let mut queues = BTreeMap::new();
+    let mut workers = Vec::new();
+    for &m in &plan.modalities {
+        let stats = Arc::new(EncoderStats::default());
+        metrics.encoders.insert(m, Arc::clone(&stats));
+        // Overflow policy: the oldest window is dropped and counted (worker.rs).
+        let queue = Arc::new(WindowQueue::new(models.queue_windows, Arc::clone(&stats)));
+        queues.insert(m, Arc::clone(&queue));
+        let encoder = setup
+            .encoders
+            .by_modality
+            .get(&m)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no {m} encoder was loaded"))?;
+        stats.backend.get_or_init(|| encoder.backend());
+        let cx = WorkerContext {
+            encoder,
+            prompts: Arc::clone(setup.prompts),
+            scored: setup.scored.clone(),
+            control: Arc::clone(setup.control),
+            max_batch: models.max_batch,
+            max_wait: Duration::from_millis(models.max_wait_ms),
+            stats,
+        };
+        workers.push(spawn_named(format!("encode-{m}"), move || run_worker(&queue, &cx))?);
+    }
+    Ok((queues, workers))
+}
+
+/// The running sources and their window stages.
+pub struct SourceStages {
+    /// Raised to stop every source.
+    pub stop: StopFlag,
+    /// `source-{name}` threads.
+    pub sources: Vec<Tracked>,
+    /// `window-{name}` threads.
+    pub windows: Vec<Tracked>,
+    /// The sensors, for the controller.
+    pub sensors: Vec<SensorInfo>,
+}
+
+/// Closes when every source thread has ended (each holds a sender; nothing is ever sent).
+pub type AllSourcesDone = tokio::sync::mpsc::Receiver<()>;
+
+/// Starts every source on its thread, each with a window stage that cuts, preprocesses and queues windows.
+pub fn start_sources(
+    loaded: &LoadedConfig,
+    tokenizer: Option<Arc<Tokenizer>>,
+    queues: &BTreeMap<Modality, Arc<WindowQueue>>,
+    metrics: &mut Metrics,
+) -> anyhow::Result<(SourceStages, AllSourcesDone)> {
+    let cfg = &loaded.config;
+    let stop = StopFlag::new();
+    // Never sent on: closed when every source thread has dropped its sender.
+    let (done_tx, all_done) = tokio::sync::mpsc::channel::<()>(1);
+    let mut stages = SourceStages {
+        stop: stop.clone(),
+        sources: Vec::new(),
+        windows: Vec::new(),
+        sensors: Vec::new(),
+    };
+    let prepare_cx = PrepareContext {
+        preprocess: cfg.preprocess.clone(),
+        tokenizer,
+    };
+    for sc in &cfg.sources {
+        let (name, modality) = (sc.name().to_owned(), sc.modality());
+        let built = sc.build(&BuildContext {
+            base: &loaded.base,
+            preprocess: &cfg.preprocess,
+            ring_secs: cfg.runtime.ring_secs,
+            ring_max_bytes: cfg.runtime.ring_max_bytes,
+        })?;
+        // Overflow policy of the ring: the oldest sample is dropped and counted (ring.rs).
+        let (producer, consumer) = ring(built.ring_capacity);
+        let counters = Arc::new(SourceCounters {
+            source: Arc::new(SourceStats::default()),
+            ring: Arc::clone(producer.stats()),
+            ..SourceCounters::default()
+        });
+        metrics.sources.insert(name.clone(), Arc::clone(&counters));
+        let enabled = Arc::new(AtomicBool::new(true));
+        let spec = sc.window();
+        stages.sensors.push(SensorInfo {
+            name: name.clone(),
+            modality,
+            window_secs: spec.window_secs,
+            hop_secs: spec.hop_secs,
+            stats: Arc::clone(&counters.source),
+            enabled: Arc::clone(&enabled),
+        });
+        let source_done = Arc::new(AtomicBool::new(false));
+        let stage = WindowStage {
+            name: Arc::from(name.as_str()),
+            modality,
+            spec,
+            consumer,
+            prepare: prepare_cx.clone(),
+            queue: queues
+                .get(&modality)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no queue for {modality}"))?,
+            counters: Arc::clone(&counters),
+            source_done: Arc::clone(&source_done),
+            enabled,
+        };
+        let (window_tracked, window_guard) = Tracked::new(format!("window-{name}"));
+        let window_thread = std::thread::Builder::new()
+            .name(format!("window-{name}"))
+            .spawn(move || {
+                let _running = window_guard;
+                stage.run();
+            })
+            .with_context(|| format!("cannot start thread window-{name}"))?;
+        stages.windows.push(window_tracked);
+        let wake = window_thread.thread().clone();
+        let mut out = SourceOutput::new(producer, Some(wake.clone()), Arc::clone(&counters.source));
+        let (sstop, sname, done) = (stop.clone(), name.clone(), done_tx.clone());
+        let mut source = built.source;
+        stages.sources.push(spawn_named(format!("source-{name}"), move || {
+            let _counted = done;
+            if let Err(e) = source.run(&mut out, &sstop) {
+                tracing::error!(component_id = %sname, error = %e, "Source stopped.");
+            } else {
+                tracing::info!(component_id = %sname, "Source finished.");
+            }
+            source_done.store(true, Ordering::SeqCst);
+            wake.unpark();
+        })?);
+    }
+    Ok((stages, all_done))
+}
+
+/// One source's window stage: drains its ring, cuts windows, preprocesses them, queues them for the encoder.
+struct WindowStage {
+    name: Arc<str>,
+    modality: Modality,
+    spec: crate::window::WindowSpec,
+    consumer: RingConsumer<crate::sources::Sample>,
+    prepare: PrepareContext,
+    queue: Arc<WindowQueue>,
+    counters: Arc<SourceCounters>,
+    source_done: Arc<AtomicBool>,
+    enabled: Arc<AtomicBool>,
+}
+
+impl WindowStage {
+    fn run(self) {
+        let mut cutter = windower(self.modality, self.spec);
+        let (mut samples, mut raws) = (Vec::new(), Vec::new());
+        let mut seq = 0u64;
+        let mut logged_error = false;
+        loop {
+            let finished = self.source_done.load(Ordering::SeqCst);
+            let n = self.consumer.drain_into(&mut samples);
+            for s in samples.drain(..) {
+                cutter.push(s, &mut raws);
+            }
+            if !self.enabled.load(Ordering::Relaxed) {
+                // Switched off over MQTT: windows are cut (the ring keeps draining) but not embedded.
+                raws.clear();
+            }
+            for raw in raws.drain(..) {
+                match prepare(&raw, &self.prepare) {
+                    Ok(input) => {
+                        self.queue.push(Window {
+                            source: Arc::clone(&self.name),
+                            modality: self.modality,
+                            seq,
+                            t0: raw.t0,
+                            t1: raw.t1,
+                            input,
+                        });
+                        seq += 1;
+                        self.counters.windows_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.counters.window_errors_total.fetch_add(1, Ordering::Relaxed);
+                        if !logged_error {
+                            tracing::warn!(component_id = %self.name, error = %e, "Cannot preprocess a window; skipping (further errors are counted).");
+                            logged_error = true;
+                        }
+                    }
+                }
+            }
+            if finished && self.consumer.is_empty() {
+                break;
+            }
+            if n == 0 {
+                // The source unparks this thread after every push; the timeout only bounds a missed wake-up.
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Starts the stats task: a `stats` message every `every`.
+pub fn start_stats(
+    metrics: &Arc<Metrics>,
+    outbox: &Arc<Outbox>,
+    topic: String,
+    device: &str,
+    every: Duration,
+    started: Instant,
+) -> tokio::task::JoinHandle<()> {
+    let (m, ob, t, device) = (Arc::clone(metrics), Arc::clone(outbox), topic, device.to_owned());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let snap = m.snapshot(&device, started.elapsed());
+            if let Ok(payload) = serde_json::to_vec(&snap) {
+                ob.push(OutMessage::telemetry(t.clone(), payload, 0));
+            }
+        }
+    })
+}
