@@ -17,19 +17,28 @@
 //!   controller can refuse them.
 //! - Shutdown: everything still in the outbox is handed over, `offline` is published, then DISCONNECT.
 //! - Secrets (password, client key) are never logged: the settings' `Debug` redacts them.
+//!
+//! The decisions (phase, messages in flight, backoff, first-connect report, republication, shutdown) are made
+//! by a pure state machine, [`state::ConnectionState`], unit-tested without a socket; [`run`] only carries them
+//! out.
 
-use std::collections::{BTreeMap, VecDeque};
+mod state;
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    AsyncClient, ConnectReturnCode, ConnectionError, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 
-use super::{BrokerUrl, Class, OutMessage, Outbox, Topics};
+use self::state::{Action, ConnectionState, Ending, Event, Failure, FailureLog};
+use super::{BrokerUrl, Outbox, Topics};
+use crate::clock::{self, Timestamp};
 
 /// TLS material, read at start-up.
 #[derive(Clone)]
@@ -240,8 +249,6 @@ pub fn options(s: &MqttSettings) -> MqttOptions {
 
 /// Capacity of rumqttc's own request channel.
 const CLIENT_CHANNEL: usize = 64;
-/// Most messages handed to the client and not yet acknowledged (rumqttc's default inflight window is 100).
-const MAX_UNACKED: usize = 80;
 
 /// What the connection needs besides its settings.
 pub struct Connection {
@@ -255,30 +262,8 @@ pub struct Connection {
     pub first: Option<tokio::sync::oneshot::Sender<FirstConnect>>,
 }
 
-/// Messages handed to the client: in order, until rumqttc writes them (then keyed by packet id until acked).
-#[derive(Default)]
-struct Tracking {
-    written_order: u64,
-    handed: VecDeque<OutMessage>,
-    unacked: BTreeMap<u16, (u64, OutMessage)>,
-}
-
-impl Tracking {
-    fn len(&self) -> usize {
-        self.handed.len() + self.unacked.len()
-    }
-
-    /// Everything not acknowledged, oldest first; clears the tracking.
-    fn take_all(&mut self) -> Vec<OutMessage> {
-        let mut sent: Vec<(u64, OutMessage)> = std::mem::take(&mut self.unacked).into_values().collect();
-        sent.sort_by_key(|(order, _)| *order);
-        sent.into_iter()
-            .map(|(_, m)| m)
-            .chain(std::mem::take(&mut self.handed))
-            .collect()
-    }
-}
-
+/// Why the broker refused us, for errors that are configuration problems (login, client id, TLS); `None` for the
+/// rest (network, broker away), which are worth retrying quietly.
 fn refusal(e: &ConnectionError) -> Option<String> {
     match e {
         ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
@@ -297,206 +282,296 @@ fn refusal(e: &ConnectionError) -> Option<String> {
 
 /// Runs the connection until `stop` is raised and the outbox is closed and drained; then says `offline` and
 /// disconnects within `deadline` of the stop.
+///
+/// A thin driver: it polls rumqttc's event loop, feeds what happens to the [`ConnectionState`] and carries out
+/// the actions that come back.
 pub async fn run(
     settings: MqttSettings,
-    mut conn: Connection,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    conn: Connection,
+    stop: tokio::sync::watch::Receiver<bool>,
     deadline: Duration,
 ) {
-    let (outbox, stats) = (Arc::clone(&conn.outbox), Arc::clone(&conn.stats));
     let (client, mut eventloop) = AsyncClient::new(options(&settings), CLIENT_CHANNEL);
     // Small QoS 1 messages (events, states) must not wait for Nagle's algorithm and the broker's delayed ACK.
     let mut net = eventloop.network_options();
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
-    let availability = settings.topics.availability();
-    let mut backoff = Duration::from_millis(500);
-    let mut logged_error = false;
-    let mut connected = false;
-    let mut track = Tracking::default();
-    let mut republish: Option<(Instant, usize)> = None;
-    let mut stopping_since: Option<Instant> = None;
-    let mut stop_seen: Option<Instant> = None;
-    loop {
-        // Hand queued messages to the client while connected, within the unacknowledged window.
-        let mut client_full = false;
-        while connected && stopping_since.is_none() && track.len() < MAX_UNACKED {
-            let Some(msg) = outbox.pop() else { break };
-            match client.try_publish(msg.topic.clone(), qos(msg.qos), msg.retain, msg.payload.clone()) {
-                Ok(()) => {
-                    outbox.mark_sent(msg.class);
-                    track.handed.push_back(msg);
-                }
-                Err(_) => {
-                    outbox.unpop(msg);
-                    client_full = true;
-                    break;
-                }
-            }
-        }
-        let window_full = track.len() >= MAX_UNACKED;
-        if *stop.borrow() && stop_seen.is_none() {
-            stop_seen = Some(Instant::now());
-        }
-        let drained = outbox.is_closed() && outbox.is_empty() && track.handed.is_empty();
-        let unreachable = !connected && stop_seen.is_some() && outbox.is_closed();
-        if stopping_since.is_none() && *stop.borrow() && (drained || unreachable) {
-            if unreachable {
-                tracing::warn!(
-                    queued = outbox.len(),
-                    "MQTT: the broker is unreachable at shutdown; queued messages are lost."
-                );
-                break;
-            }
-            stopping_since = Some(Instant::now());
-            let offline = client.try_publish(availability.clone(), QoS::AtLeastOnce, true, "offline");
-            let bye = client.try_disconnect();
-            if offline.is_err() || bye.is_err() {
-                tracing::warn!(topic = %availability, "MQTT client queue full at shutdown; the broker's Last Will says offline.");
-            }
-        }
-        if let Some(since) = stop_seen.filter(|s| s.elapsed() >= deadline) {
-            tracing::warn!(
-                queued = outbox.len() + track.len(),
-                waited_ms = since.elapsed().as_millis() as u64,
-                "MQTT: the outbox was not flushed and disconnected before the deadline."
-            );
-            break;
-        }
-        let wait = stop_seen.map_or(Duration::from_secs(3600), |s| deadline.saturating_sub(s.elapsed()));
-        // `ready()` returns at once for a closed, empty outbox: do not spin on it while the last messages go out.
-        let drained_outbox = outbox.is_closed() && outbox.is_empty();
-        let can_feed = connected && stopping_since.is_none() && !client_full && !window_full && !drained_outbox;
-        tokio::select! {
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    connected = true;
-                    stats.connected.store(true, Ordering::SeqCst);
-                    stats.connects_total.fetch_add(1, Ordering::Relaxed);
-                    backoff = Duration::from_millis(500);
-                    if logged_error {
-                        tracing::info!(broker = %settings.broker.host, port = settings.broker.port, "Reconnected to the MQTT broker.");
-                    } else {
-                        tracing::info!(broker = %settings.broker.host, port = settings.broker.port, tls = settings.tls.is_some() || settings.broker.tls, "Connected to the MQTT broker.");
-                    }
-                    logged_error = false;
-                    if let Some(tx) = conn.first.take() {
-                        let _receiver_gone = tx.send(FirstConnect::Connected);
-                    }
-                    if !settings.subscriptions.is_empty() {
-                        let filters = settings
-                            .subscriptions
-                            .iter()
-                            .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                        if client.try_subscribe_many(filters).is_err() {
-                            tracing::warn!("Cannot queue the command subscriptions; commands will not arrive until the next connect.");
-                        }
-                    }
-                    let n = outbox.republish_retained(&availability);
-                    stats.republished_total.fetch_add(n as u64, Ordering::Relaxed);
-                    republish = (n > 0).then(|| (Instant::now(), n));
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let denied: Vec<String> = ack
-                        .return_codes
-                        .iter()
-                        .zip(&settings.subscriptions)
-                        .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
-                        .map(|(_, f)| f.clone())
-                        .collect();
-                    if !denied.is_empty() {
-                        tracing::error!(filters = ?denied, "The broker refused these subscriptions (check its ACL); the commands on them will not arrive.");
-                    }
-                    if let Ok(mut d) = stats.subscriptions_denied.lock() {
-                        *d = denied;
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    stats.commands_total.fetch_add(1, Ordering::Relaxed);
-                    let incoming = Incoming { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
-                    if conn.commands.try_send(incoming).is_err() {
-                        stats.commands_dropped_total.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(topic = %p.topic, "Command dropped: the controller's queue is full.");
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(msg) = track.handed.pop_front()
-                        && msg.qos > 0
-                    {
-                        track.written_order += 1;
-                        track.unacked.insert(pkid, (track.written_order, msg));
-                    }
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => acked(&mut track, ack.pkid, &stats, &mut republish),
-                Ok(Event::Incoming(Packet::PubComp(ack))) => acked(&mut track, ack.pkid, &stats, &mut republish),
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    stats.connected.store(false, Ordering::SeqCst);
-                    tracing::info!("Disconnected from the MQTT broker.");
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    connected = false;
-                    stats.connected.store(false, Ordering::SeqCst);
-                    stats.errors_total.fetch_add(1, Ordering::Relaxed);
-                    let pending = track.take_all();
-                    if !pending.is_empty() {
-                        tracing::debug!(messages = pending.len(), "Requeueing messages the broker did not acknowledge.");
-                        outbox.requeue(pending);
-                    }
-                    republish = None;
-                    if let Some(tx) = conn.first.take() {
-                        let outcome = match refusal(&e) {
-                            Some(why) => FirstConnect::Rejected(why),
-                            None => FirstConnect::Unreachable(e.to_string()),
-                        };
-                        let _receiver_gone = tx.send(outcome);
-                    }
-                    if stopping_since.is_some() {
-                        tracing::warn!(error = %e, "MQTT connection lost during shutdown.");
-                        break;
-                    }
-                    if let Some(why) = refusal(&e) {
-                        tracing::error!(broker = %settings.broker.host, port = settings.broker.port, "MQTT: {why}; retrying with backoff.");
-                        logged_error = true;
-                    } else if logged_error {
-                        tracing::debug!(error = %e, "MQTT connection still failing.");
-                    } else {
-                        tracing::warn!(broker = %settings.broker.host, port = settings.broker.port, error = %e, "MQTT connection failed; retrying with backoff.");
-                        logged_error = true;
-                    }
-                    let jitter = 0.75 + 0.5 * (crate::clock::now().0 % 1000) as f64 / 1000.0;
-                    let pause = backoff.mul_f64(jitter);
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        _ = stop.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            },
-            () = outbox.ready(), if can_feed => {}
-            _ = stop.changed(), if stopping_since.is_none() && stop_seen.is_none() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
+    let mut driver = Driver {
+        availability: settings.topics.availability(),
+        settings,
+        client,
+        outbox: conn.outbox,
+        stats: conn.stats,
+        commands: conn.commands,
+        first: conn.first,
+        stop,
+        state: ConnectionState::new(deadline),
+    };
+    while driver.turn(&mut eventloop).await.is_continue() {}
 }
 
-fn acked(track: &mut Tracking, pkid: u16, stats: &MqttStats, republish: &mut Option<(Instant, usize)>) {
-    let Some((_, msg)) = track.unacked.remove(&pkid) else {
-        return;
-    };
-    stats.acked_total.fetch_add(1, Ordering::Relaxed);
-    if msg.retain
-        && msg.class == Class::State
-        && let Some((since, left)) = republish.as_mut()
-    {
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            stats
-                .last_republish_ms
-                .store(since.elapsed().as_millis() as u64, Ordering::Relaxed);
-            stats.republish_done_total.fetch_add(1, Ordering::Relaxed);
-            *republish = None;
+/// The connection's I/O around its [`ConnectionState`].
+struct Driver {
+    settings: MqttSettings,
+    availability: String,
+    client: AsyncClient,
+    outbox: Arc<Outbox>,
+    stats: Arc<MqttStats>,
+    commands: tokio::sync::mpsc::Sender<Incoming>,
+    first: Option<tokio::sync::oneshot::Sender<FirstConnect>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    state: ConnectionState,
+}
+
+impl Driver {
+    /// One turn: hand messages over, let the state machine look at the stop and the outbox, then wait for the
+    /// event loop, the outbox, the stop or the deadline.
+    async fn turn(&mut self, eventloop: &mut EventLoop) -> ControlFlow<()> {
+        let client_full = self.feed();
+        if *self.stop.borrow() {
+            self.quiet(Event::StopRequested);
+        }
+        let (outbox_closed, outbox_empty) = (self.outbox.is_closed(), self.outbox.is_empty());
+        let actions = self.state.handle(
+            clock::now(),
+            Event::Tick {
+                outbox_closed,
+                outbox_empty,
+            },
+        );
+        self.execute(actions).await?;
+        let wait = self.state.wait(clock::now());
+        // `ready()` returns at once for a closed, empty outbox: do not spin on it while the last messages go out.
+        let can_feed = self.state.may_hand() && !client_full && !(self.outbox.is_closed() && self.outbox.is_empty());
+        let watch_stop = !self.state.stop_requested();
+        let polled = tokio::select! {
+            event = eventloop.poll() => Some(event),
+            () = self.outbox.ready(), if can_feed => None,
+            _ = self.stop.changed(), if watch_stop => None,
+            () = tokio::time::sleep(wait) => None,
+        };
+        match polled {
+            Some(event) => self.on_event(event).await,
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Hands queued messages to the client while the state machine allows it; true when the client's queue is
+    /// full.
+    fn feed(&mut self) -> bool {
+        let now = clock::now();
+        while self.state.may_hand() {
+            let Some(msg) = self.outbox.pop() else {
+                return false;
+            };
+            match self
+                .client
+                .try_publish(msg.topic.clone(), qos(msg.qos), msg.retain, msg.payload.clone())
+            {
+                Ok(()) => {
+                    self.outbox.mark_sent(msg.class);
+                    self.quiet_at(now, Event::Handed(msg));
+                }
+                Err(_) => {
+                    self.outbox.unpop(msg);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Feeds an event that never calls for an action.
+    fn quiet(&mut self, event: Event) {
+        self.quiet_at(clock::now(), event);
+    }
+
+    fn quiet_at(&mut self, now: Timestamp, event: Event) {
+        let actions = self.state.handle(now, event);
+        debug_assert!(actions.is_empty(), "unexpected actions {actions:?}");
+    }
+
+    async fn on_event(&mut self, event: Result<rumqttc::Event, ConnectionError>) -> ControlFlow<()> {
+        let event = match event {
+            Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => Event::ConnAck,
+            Ok(rumqttc::Event::Incoming(Packet::SubAck(ack))) => {
+                self.on_suback(&ack.return_codes);
+                return ControlFlow::Continue(());
+            }
+            Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                self.forward_command(p);
+                return ControlFlow::Continue(());
+            }
+            Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => Event::Written(pkid),
+            Ok(rumqttc::Event::Incoming(Packet::PubAck(ack))) => Event::Acked(ack.pkid),
+            Ok(rumqttc::Event::Incoming(Packet::PubComp(ack))) => Event::Acked(ack.pkid),
+            Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect)) => Event::DisconnectSent,
+            Ok(_) => return ControlFlow::Continue(()),
+            Err(e) => Event::Failed(Failure {
+                error: e.to_string(),
+                refusal: refusal(&e),
+            }),
+        };
+        let actions = self.state.handle(clock::now(), event);
+        self.execute(actions).await
+    }
+
+    /// Carries out `actions` in order, and those that their outcomes call for; `Break` ends the task.
+    async fn execute(&mut self, actions: Vec<Action>) -> ControlFlow<()> {
+        let mut todo = VecDeque::from(actions);
+        while let Some(action) = todo.pop_front() {
+            if let Some(outcome) = self.carry_out(action).await? {
+                todo.extend(self.state.handle(clock::now(), outcome));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Carries out one action; returns the event it results in, if the state machine needs to know.
+    async fn carry_out(&mut self, action: Action) -> ControlFlow<(), Option<Event>> {
+        match action {
+            Action::Connected { again } => self.connected(again),
+            Action::ReportFirst(outcome) => {
+                if let Some(tx) = self.first.take() {
+                    let _receiver_gone = tx.send(outcome);
+                }
+            }
+            Action::Subscribe => self.subscribe(),
+            Action::Republish => {
+                let n = self.outbox.republish_retained(&self.availability);
+                self.stats.republished_total.fetch_add(n as u64, Ordering::Relaxed);
+                return ControlFlow::Continue(Some(Event::RetainedQueued(n)));
+            }
+            Action::Acked => {
+                self.stats.acked_total.fetch_add(1, Ordering::Relaxed);
+            }
+            Action::RepublishDone { took } => {
+                let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                self.stats.last_republish_ms.store(ms, Ordering::Relaxed);
+                self.stats.republish_done_total.fetch_add(1, Ordering::Relaxed);
+            }
+            Action::Lost { error, log } => self.lost(&error, log),
+            Action::Requeue(pending) => {
+                tracing::debug!(
+                    messages = pending.len(),
+                    "Requeueing messages the broker did not acknowledge."
+                );
+                self.outbox.requeue(pending);
+            }
+            Action::Sleep(pause) => {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = self.stop.changed() => {}
+                }
+                return ControlFlow::Continue(Some(Event::BackoffOver));
+            }
+            Action::SayOffline => self.say_offline(),
+            Action::Finish(ending) => {
+                self.finish(ending);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(None)
+    }
+
+    fn connected(&self, again: bool) {
+        self.stats.connected.store(true, Ordering::SeqCst);
+        self.stats.connects_total.fetch_add(1, Ordering::Relaxed);
+        let broker = &self.settings.broker;
+        if again {
+            tracing::info!(broker = %broker.host, port = broker.port, "Reconnected to the MQTT broker.");
+        } else {
+            let tls = self.settings.tls.is_some() || broker.tls;
+            tracing::info!(broker = %broker.host, port = broker.port, tls, "Connected to the MQTT broker.");
+        }
+    }
+
+    fn say_offline(&self) {
+        let offline = self
+            .client
+            .try_publish(self.availability.clone(), QoS::AtLeastOnce, true, "offline");
+        let bye = self.client.try_disconnect();
+        if offline.is_err() || bye.is_err() {
+            tracing::warn!(topic = %self.availability, "MQTT client queue full at shutdown; the broker's Last Will says offline.");
+        }
+    }
+
+    fn subscribe(&self) {
+        if self.settings.subscriptions.is_empty() {
+            return;
+        }
+        let filters = self
+            .settings
+            .subscriptions
+            .iter()
+            .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+        if self.client.try_subscribe_many(filters).is_err() {
+            tracing::warn!("Cannot queue the command subscriptions; commands will not arrive until the next connect.");
+        }
+    }
+
+    fn lost(&self, error: &str, log: FailureLog) {
+        self.stats.connected.store(false, Ordering::SeqCst);
+        self.stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        let broker = &self.settings.broker;
+        match log {
+            FailureLog::Refused(why) => {
+                tracing::error!(broker = %broker.host, port = broker.port, "MQTT: {why}; retrying with backoff.");
+            }
+            FailureLog::First => {
+                tracing::warn!(broker = %broker.host, port = broker.port, error, "MQTT connection failed; retrying with backoff.");
+            }
+            FailureLog::Again => tracing::debug!(error, "MQTT connection still failing."),
+            FailureLog::WhileClosing => tracing::warn!(error, "MQTT connection lost during shutdown."),
+        }
+    }
+
+    fn finish(&self, ending: Ending) {
+        match ending {
+            Ending::Disconnected => {
+                self.stats.connected.store(false, Ordering::SeqCst);
+                tracing::info!("Disconnected from the MQTT broker.");
+            }
+            Ending::Unreachable => tracing::warn!(
+                queued = self.outbox.len(),
+                "MQTT: the broker is unreachable at shutdown; queued messages are lost."
+            ),
+            Ending::LostWhileClosing => {}
+            Ending::Deadline { waited, in_flight } => tracing::warn!(
+                queued = self.outbox.len() + in_flight,
+                waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                "MQTT: the outbox was not flushed and disconnected before the deadline."
+            ),
+        }
+    }
+
+    /// Records the filters the broker refused in the last SUBACK.
+    fn on_suback(&self, codes: &[SubscribeReasonCode]) {
+        let denied: Vec<String> = codes
+            .iter()
+            .zip(&self.settings.subscriptions)
+            .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
+            .map(|(_, f)| f.clone())
+            .collect();
+        if !denied.is_empty() {
+            tracing::error!(filters = ?denied, "The broker refused these subscriptions (check its ACL); the commands on them will not arrive.");
+        }
+        if let Ok(mut d) = self.stats.subscriptions_denied.lock() {
+            *d = denied;
+        }
+    }
+
+    /// Forwards a command to the controller; drops and counts it when the controller's queue is full.
+    fn forward_command(&self, p: rumqttc::Publish) {
+        self.stats.commands_total.fetch_add(1, Ordering::Relaxed);
+        let incoming = Incoming {
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            retain: p.retain,
+        };
+        if self.commands.try_send(incoming).is_err() {
+            self.stats.commands_dropped_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %p.topic, "Command dropped: the controller's queue is full.");
         }
     }
 }
@@ -524,6 +599,18 @@ mod tests {
             let e = tls_settings(None, Some((&junk, &junk))).err().unwrap_or_default();
             assert!(e.starts_with("mqtt.tls.client_cert"), "{e}");
         }
+    }
+
+    #[test]
+    fn refusal_names_login_and_client_id_rejections_but_not_network_errors() {
+        let refused = |code| refusal(&ConnectionError::ConnectionRefused(code));
+        assert!(refused(ConnectReturnCode::BadUserNamePassword).is_some_and(|w| w.contains("user name or password")));
+        assert!(refused(ConnectReturnCode::NotAuthorized).is_some_and(|w| w.contains("not authorised")));
+        assert!(refused(ConnectReturnCode::BadClientId).is_some_and(|w| w.contains("client id")));
+        assert_eq!(refused(ConnectReturnCode::ServiceUnavailable), None);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(refusal(&ConnectionError::Io(io)), None);
+        assert_eq!(refusal(&ConnectionError::NetworkTimeout), None);
     }
 
     #[test]
