@@ -285,6 +285,11 @@ pub struct Controller {
     session: u64,
 }
 
+/// A retained state message carrying `value` as JSON.
+fn retained(topic: String, value: &impl Serialize) -> Option<OutMessage> {
+    Some(OutMessage::state(topic, serde_json::to_vec(value).unwrap_or_default()))
+}
+
 fn on_off(b: bool) -> &'static str {
     if b { "ON" } else { "OFF" }
 }
@@ -323,6 +328,12 @@ impl Controller {
 
     fn push(&self, msg: OutMessage) {
         self.s.outbox.push(msg);
+    }
+
+    fn push_retained(&self, topic: String, value: &impl Serialize) {
+        if let Some(msg) = retained(topic, value) {
+            self.push(msg);
+        }
     }
 
     fn json(&self, topic: String, v: &serde_json::Value) -> OutMessage {
@@ -1419,5 +1430,192 @@ mod tests {
         assert_eq!(run(EmbeddingMode::All, 1, &scores), [0, 1, 2, 3, 4, 5]);
         assert_eq!(run(EmbeddingMode::EveryN, 2, &scores), [0, 2, 4]);
         assert_eq!(run(EmbeddingMode::OnEvent, 1, &scores), [1, 2, 5]);
+    }
+
+    /// A value whose serialisation fails.
+    struct Unserializable;
+
+    impl Serialize for Unserializable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("cannot serialise this"))
+        }
+    }
+
+    /// Issue 12, bug 3: a payload that cannot be serialised must not publish an empty retained message (which
+    /// clears the topic on the broker); it is skipped.
+    #[test]
+    fn issue_12_retained_state_that_cannot_be_serialised_is_not_published() {
+        assert!(retained("t".into(), &Unserializable).is_none());
+        let non_string_keys: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        assert!(retained("t".into(), &non_string_keys).is_none());
+        assert!(retained("t".into(), &BTreeMap::from([("k", 1)])).is_some());
+        let (c, outbox) = setup(PromptConfig::new("walking", "x"), MqttConfig::default(), EventsConfig::default());
+        outbox.push(OutMessage::state("sensebind/dev/info".into(), "kept"));
+        drain(&outbox);
+        c.push_retained("sensebind/dev/info".into(), &Unserializable);
+        assert!(drain(&outbox).is_empty(), "nothing is published");
+        assert_eq!(outbox.retained("sensebind/dev/info"), Some(b"kept".to_vec()));
+    }
+
+    /// Issue 12, bug 6: `labels/1` names the sensor `sensor` (as `event/1` and `embedding/1` do) and keeps `source`
+    /// as a deprecated alias with the same value.
+    #[test]
+    fn issue_12_label_messages_carry_sensor_and_the_deprecated_source() {
+        let (mut c, outbox) = setup(PromptConfig::new("walking", "x"), MqttConfig::default(), EventsConfig::default());
+        c.on_window(&window(0, 0, 0.9));
+        let msgs = drain(&outbox);
+        let m = msgs.iter().find(|m| m.topic == "sensebind/dev/labels/imu0").expect("a labels message");
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["sensor"], "imu0");
+        assert_eq!(v["source"], "imu0");
+    }
+
+    /// Home Assistant's rule for an MQTT binary_sensor: the payload, through `val_tpl` when there is one, must equal
+    /// `pl_on` or `pl_off` (anything else is logged as "No matching payload found" and ignored). Renders only the
+    /// one template form the daemon emits: `{{ 'A' if value == 'B' else 'C' }}`.
+    fn ha_binary_sensor_state(component: &serde_json::Value, payload: &str) -> Option<bool> {
+        let rendered = match component["val_tpl"].as_str() {
+            None => payload.to_owned(),
+            Some(t) => {
+                let inner = t.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).expect("a {{ }} template");
+                let quoted = |s: &str| s.trim().strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).map(str::to_owned);
+                let (then, rest) = inner.split_once(" if value == ").expect("'A' if value == 'B' else 'C'");
+                let (cond, otherwise) = rest.split_once(" else ").expect("'A' if value == 'B' else 'C'");
+                let (then, cond, otherwise) = (quoted(then).unwrap(), quoted(cond).unwrap(), quoted(otherwise).unwrap());
+                if payload == cond { then } else { otherwise }
+            }
+        };
+        if Some(rendered.as_str()) == component["pl_on"].as_str() {
+            Some(true)
+        } else if Some(rendered.as_str()) == component["pl_off"].as_str() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Issue 12, bug 7: every status a sensor can publish (`online`, `offline`, `disabled`) maps to ON or OFF for
+    /// the Home Assistant connectivity binary_sensor; before, `disabled` matched neither and HA kept "connected".
+    #[test]
+    fn issue_12_every_sensor_status_maps_to_on_or_off_in_home_assistant() {
+        let (mut c, outbox) = setup(PromptConfig::new("walking", "x"), MqttConfig::default(), EventsConfig::default());
+        let status_topic = "sensebind/dev/sensor/imu0/status";
+        c.publish_initial_state();
+        let mut statuses: Vec<String> = Vec::new();
+        let mut collect = |msgs: Vec<OutMessage>| {
+            statuses.extend(msgs.iter().filter(|m| m.topic == status_topic).map(|m| String::from_utf8_lossy(&m.payload).into_owned()))
+        };
+        let initial = drain(&outbox);
+        let discovery = initial.iter().rfind(|m| m.topic == "homeassistant/device/dev/config").expect("discovery").clone();
+        collect(initial);
+        c.s.sensors[0].stats.offline.store(true, Ordering::SeqCst);
+        c.on_tick();
+        collect(drain(&outbox));
+        c.s.sensors[0].stats.offline.store(false, Ordering::SeqCst);
+        c.on_tick();
+        collect(drain(&outbox));
+        let off = Incoming { topic: "sensebind/dev/sensor/imu0/enabled/set".into(), payload: b"OFF".to_vec(), retain: false };
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(c.on_command(off));
+        collect(drain(&outbox));
+        let mut kinds = statuses.clone();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds, ["disabled", "offline", "online"], "{statuses:?}");
+        let v: serde_json::Value = serde_json::from_slice(&discovery.payload).unwrap();
+        let component = &v["cmps"]["sensor-imu0"];
+        assert_eq!(component["dev_cla"], "connectivity");
+        for status in &kinds {
+            let state = ha_binary_sensor_state(component, status);
+            assert_eq!(state, Some(status == "online"), "status {status:?} with {component}");
+        }
+    }
+
+    /// A text tower that takes its time: a two-dimensional embedding after `delay`.
+    struct SlowTextEncoder {
+        info: crate::encode::EncoderInfo,
+        delay: Duration,
+    }
+
+    impl Encoder for SlowTextEncoder {
+        fn info(&self) -> &crate::encode::EncoderInfo {
+            &self.info
+        }
+        fn encode(&self, batch: &crate::tensor::Tensor) -> Result<crate::tensor::Tensor, crate::encode::EncodeError> {
+            std::thread::sleep(self.delay);
+            let b = batch.shape()[0];
+            Ok(crate::tensor::Tensor::from_f32(vec![b, 2], [0.0, 1.0].repeat(b)).unwrap())
+        }
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    fn slow_text_tower(delay: Duration) -> TextTower {
+        let bpe = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/imagebind-tiny/bpe_simple_vocab_16e6.txt.gz");
+        TextTower {
+            encoder: Arc::new(SlowTextEncoder {
+                info: crate::encode::EncoderInfo {
+                    modality: Modality::Text,
+                    model_id: "slow@0".into(),
+                    input_shape: vec![crate::preprocess::text::CONTEXT_LENGTH],
+                    input_dtype: crate::tensor::DType::I64,
+                    output_dim: 2,
+                    fixed_batch: None,
+                    path: PathBuf::new(),
+                },
+                delay,
+            }),
+            sha256: "slow".into(),
+            tokenizer: Arc::new(Tokenizer::from_file(&bpe).unwrap()),
+        }
+    }
+
+    /// Waits (real time) until `pred` holds for the messages popped so far; returns them.
+    async fn wait_for(outbox: &Outbox, seen: &mut Vec<OutMessage>, pred: impl Fn(&[OutMessage]) -> bool) -> bool {
+        for _ in 0..500 {
+            seen.extend(drain(outbox));
+            if pred(seen) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Issue 12, bug 4: while a prompt update is being embedded, the controller keeps handling windows (their
+    /// labels messages appear before the update's response).
+    #[tokio::test]
+    async fn issue_12_windows_flow_while_a_prompt_update_is_embedded() {
+        let (mut c, outbox) = setup(PromptConfig::new("walking", "x"), MqttConfig::default(), EventsConfig::default());
+        c.s.text = Some(slow_text_tower(Duration::from_millis(1500)));
+        let (scored_tx, scored_rx) = tokio::sync::mpsc::channel(8);
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(8);
+        let task = tokio::spawn(c.run(scored_rx, cmd_rx));
+        let update = br#"{"request_id": "r1", "upsert": [{"id": "running", "text": "a person running"}]}"#;
+        let incoming = |p: &[u8]| Incoming { topic: "sensebind/dev/prompts/set".into(), payload: p.to_vec(), retain: false };
+        cmd_tx.send(incoming(update)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        scored_tx.send(window(0, 0, 0.9)).await.unwrap();
+        let responses = |m: &[OutMessage]| m.iter().filter(|m| m.topic == "sensebind/dev/cmd/response").count();
+        let labels = |m: &[OutMessage]| m.iter().any(|m| m.topic == "sensebind/dev/labels/imu0");
+        let mut seen = Vec::new();
+        assert!(wait_for(&outbox, &mut seen, labels).await, "the window was handled");
+        assert_eq!(responses(&seen), 0, "the labels message came before the update's response");
+        // A second update while the first is embedded is queued and applied after it.
+        let second = br#"{"request_id": "r2", "upsert": [{"id": "sitting", "text": "a person sitting"}]}"#;
+        cmd_tx.send(incoming(second)).await.unwrap();
+        assert!(wait_for(&outbox, &mut seen, |m| responses(m) == 2).await, "both updates answered");
+        let answers: Vec<serde_json::Value> = seen
+            .iter()
+            .filter(|m| m.topic == "sensebind/dev/cmd/response")
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect();
+        assert_eq!(answers[0]["request_id"], "r1");
+        assert_eq!(answers[0]["ok"], true, "{}", answers[0]);
+        assert_eq!(answers[1]["request_id"], "r2");
+        assert_eq!(answers[1]["ok"], true, "{}", answers[1]);
+        assert_eq!(answers[1]["result"]["rev"], 2);
+        drop(scored_tx);
+        task.await.unwrap();
     }
 }
