@@ -48,7 +48,7 @@ pub fn json_message(
 /// Retained state carrying `value` as JSON; `None` (logged) when it cannot be serialised — never an empty payload,
 /// which would clear the topic on the broker.
 pub fn retained(topic: String, value: &impl Serialize) -> Option<OutMessage> {
-    json_message(topic, value, |t, p| OutMessage::state(t, p))
+    json_message(topic, value, OutMessage::state)
 }
 
 /// `labels/1`: one window's best labels.
