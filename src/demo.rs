@@ -178,16 +178,8 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(300)).await;
     viewer.abort();
     let snap = summary.metrics.snapshot(&loaded.config.device.id, Duration::ZERO);
-    let encoded: u64 = snap
-        .encoders
-        .values()
-        .filter_map(|e| e["windows_encoded_total"].as_u64())
-        .sum();
-    let dropped: u64 = snap
-        .encoders
-        .values()
-        .filter_map(|e| e["windows_dropped_total"].as_u64())
-        .sum();
+    let encoded: u64 = snap.encoders.values().map(|e| e.windows_encoded_total).sum();
+    let dropped: u64 = snap.encoders.values().map(|e| e.windows_dropped_total).sum();
     println!("done: {encoded} windows embedded and labelled, {dropped} dropped");
     Ok(if summary.stragglers.is_empty() { 0 } else { 1 })
 }

@@ -15,10 +15,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use serde::Serialize;
-
-use crate::labels::LabelScore;
-
 /// Topics under `{prefix}/{device}/` (docs/mqtt.md lists them all).
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -128,6 +124,24 @@ impl Topics {
         format!("{}/labels/#", self.base)
     }
 
+    /// The command topic `topic` is, if it is one of this device's (the inverse of [`Topics::prompts_set`],
+    /// [`Topics::cmd`], [`Topics::sensor_enabled_set`] and [`Topics::label_enabled_set`]).
+    pub fn command(&self, topic: &str) -> Option<CommandTopic> {
+        let rest = topic.strip_prefix(self.base.as_str())?.strip_prefix('/')?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            ["prompts", "set"] => Some(CommandTopic::PromptsSet),
+            ["cmd"] => Some(CommandTopic::Cmd),
+            ["sensor", name, "enabled", "set"] if !name.is_empty() => {
+                Some(CommandTopic::SensorEnabled((*name).to_owned()))
+            }
+            ["label", name, "enabled", "set"] if !name.is_empty() => {
+                Some(CommandTopic::LabelEnabled((*name).to_owned()))
+            }
+            _ => None,
+        }
+    }
+
     /// The filters the daemon subscribes to: its command topics only.
     pub fn command_filters(&self) -> Vec<String> {
         vec![
@@ -139,39 +153,30 @@ impl Topics {
     }
 }
 
-/// A label message: one window's top labels. Payload schema `labels/1` (docs/mqtt.md).
-#[derive(Debug, Clone, Serialize)]
-pub struct LabelMessage {
-    /// Payload schema id.
-    pub schema: &'static str,
-    /// Device id.
-    pub device: String,
-    /// Source name.
-    pub source: String,
-    /// Modality of the source.
-    pub modality: String,
-    /// Per-source window sequence number, from 0, without gaps except for dropped windows.
-    pub seq: u64,
-    /// Time of the window's first sample (RFC 3339, UTC).
-    pub t0: String,
-    /// Time of the window's end.
-    pub t1: String,
-    /// `t0` on the monotonic clock, nanoseconds.
-    pub t0_mono_ns: u64,
-    /// `t1` on the monotonic clock, nanoseconds.
-    pub t1_mono_ns: u64,
-    /// When the message was made (RFC 3339).
-    pub ts: String,
-    /// From the window's end to this message, milliseconds.
-    pub latency_ms: f64,
-    /// Model id (`name@sha256-prefix`) of the tower that embedded the window.
-    pub model: String,
-    /// The best labels, highest score first.
-    pub labels: Vec<LabelScore>,
+/// A command topic under `{prefix}/{device}/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandTopic {
+    /// `…/prompts/set`.
+    PromptsSet,
+    /// `…/cmd`.
+    Cmd,
+    /// `…/sensor/{sensor}/enabled/set`.
+    SensorEnabled(String),
+    /// `…/label/{label}/enabled/set`.
+    LabelEnabled(String),
 }
 
-/// Schema id of [`LabelMessage`].
-pub const LABELS_SCHEMA: &str = "labels/1";
+impl CommandTopic {
+    /// The topic below `{prefix}/{device}/` (the `command` of `cmd-response/1`).
+    pub fn name(&self) -> String {
+        match self {
+            Self::PromptsSet => "prompts/set".into(),
+            Self::Cmd => "cmd".into(),
+            Self::SensorEnabled(s) => format!("sensor/{s}/enabled/set"),
+            Self::LabelEnabled(l) => format!("label/{l}/enabled/set"),
+        }
+    }
+}
 
 /// Priority class of a message; the outbox drains them in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -669,6 +674,34 @@ mod tests {
         );
         assert_eq!(o.classes[Class::Event as usize].dropped.load(Ordering::Relaxed), 1);
         assert_eq!(o.requeued.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn command_topics_parse_back_to_what_built_them() {
+        let t = Topics::new("sensebind", "dev");
+        let cases = [
+            (t.prompts_set(), CommandTopic::PromptsSet),
+            (t.cmd(), CommandTopic::Cmd),
+            (t.sensor_enabled_set("imu0"), CommandTopic::SensorEnabled("imu0".into())),
+            (
+                t.label_enabled_set("walking"),
+                CommandTopic::LabelEnabled("walking".into()),
+            ),
+        ];
+        for (topic, want) in cases {
+            assert_eq!(format!("sensebind/dev/{}", want.name()), topic);
+            assert_eq!(t.command(&topic), Some(want), "{topic}");
+        }
+        for other in [
+            t.cmd_response(),
+            t.label_enabled_state("x"),
+            "sensebind/dev2/cmd".into(),
+            "sensebind/devcmd".into(),
+            "sensebind/dev/sensor//enabled/set".into(),
+            "sensebind/dev/sensor/a/b/enabled/set".into(),
+        ] {
+            assert_eq!(t.command(&other), None, "{other}");
+        }
     }
 
     #[test]

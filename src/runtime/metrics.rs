@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::worker::EncoderStats;
 use crate::clock;
 use crate::control::ControlStats;
+use crate::control::payloads::{
+    EncoderStatsEntry, EventStatsEntry, MqttStatsEntry, PerClass, STATS_SCHEMA, SourceStatsEntry, StatsMessage,
+};
 use crate::modality::Modality;
 use crate::publish::mqtt::MqttStats;
 use crate::publish::{Class, Outbox};
@@ -47,130 +48,105 @@ pub struct Metrics {
     pub prompt_cache_evictions: Arc<AtomicU64>,
 }
 
-/// The stats payload (`stats/1`).
-#[derive(Debug, Serialize)]
-pub struct StatsMessage {
-    /// Schema id.
-    pub schema: &'static str,
-    /// Device id.
-    pub device: String,
-    /// When.
-    pub ts: String,
-    /// Seconds since start.
-    pub uptime_s: f64,
-    /// Per source.
-    pub sources: BTreeMap<String, serde_json::Value>,
-    /// Per modality.
-    pub encoders: BTreeMap<String, serde_json::Value>,
-    /// The MQTT connection and outbox.
-    pub mqtt: serde_json::Value,
-    /// Events and prompt updates.
-    pub events: serde_json::Value,
-}
-
 impl Metrics {
     /// A snapshot as the stats payload.
     pub fn snapshot(&self, device: &str, uptime: Duration) -> StatsMessage {
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let sources = self
-            .sources
-            .iter()
-            .map(|(name, c)| {
-                (
-                    name.clone(),
-                    serde_json::json!({
-                        "online": !c.source.offline.load(Ordering::Relaxed),
-                        "samples_total": r(&c.source.samples_total),
-                        "read_errors_total": r(&c.source.errors_total),
-                        "garbage_bytes_total": r(&c.source.garbage_bytes_total),
-                        "lost_total": r(&c.source.lost_total),
-                        "rate_hz": (c.source.rate_hz() * 1000.0).round() / 1000.0,
-                        "gaps_total": r(&c.source.gaps_total),
-                        "max_gap_ms": r(&c.source.max_gap_ms),
-                        "overrun_samples_total": r(&c.source.overrun_samples_total),
-                        "ring_dropped_total": r(&c.ring.dropped),
-                        "windows_total": r(&c.windows_total),
-                        "window_errors_total": r(&c.window_errors_total),
-                    }),
-                )
-            })
-            .collect();
-        let encoders = self
-            .encoders
-            .iter()
-            .map(|(m, s)| {
-                let batches = r(&s.batches_total);
-                (
-                    m.to_string(),
-                    serde_json::json!({
-                        "backend": s.backend.get().copied().unwrap_or("none"),
-                        "windows_queued_total": r(&s.windows_queued_total),
-                        "windows_dropped_total": r(&s.windows_dropped_total),
-                        "windows_encoded_total": r(&s.windows_encoded_total),
-                        "windows_failed_total": r(&s.windows_failed_total),
-                        "batches_total": batches,
-                        "infer_ms_avg": if batches == 0 { 0.0 } else { r(&s.infer_us_total) as f64 / batches as f64 / 1e3 },
-                    }),
-                )
-            })
-            .collect();
-        let m = &self.mqtt;
-        let per_class = |f: &dyn Fn(&crate::publish::ClassCounters) -> u64| -> serde_json::Value {
-            let map: serde_json::Map<String, serde_json::Value> = Class::ALL
-                .iter()
-                .map(|&c| {
-                    let v = self.outbox.as_ref().map_or(0, |o| f(&o.classes[c as usize]));
-                    (c.as_str().to_owned(), v.into())
-                })
-                .collect();
-            map.into()
-        };
-        let queued: serde_json::Map<String, serde_json::Value> = Class::ALL
-            .iter()
-            .map(|&c| {
-                let n = self.outbox.as_ref().map_or(0, |o| o.lens()[c as usize]);
-                (c.as_str().to_owned(), n.into())
-            })
-            .collect();
-        let mqtt = serde_json::json!({
-            "connected": m.connected.load(Ordering::Relaxed),
-            "connects_total": r(&m.connects_total),
-            "errors_total": r(&m.errors_total),
-            "queued": self.outbox.as_ref().map_or(0, |o| o.len()),
-            "queued_by_class": queued,
-            "dropped_total": self.outbox.as_ref().map_or(0, |o| o.dropped_total()),
-            "dropped": per_class(&|c| r(&c.dropped)),
-            "sent_total": self.outbox.as_ref().map_or(0, |o| o.sent_total()),
-            "requeued_total": self.outbox.as_ref().map_or(0, |o| r(&o.requeued)),
-            "superseded_total": self.outbox.as_ref().map_or(0, |o| r(&o.classes[Class::State as usize].superseded)),
-            "acked_total": r(&m.acked_total),
-            "republished_total": r(&m.republished_total),
-            "last_republish_ms": r(&m.last_republish_ms),
-            "commands_total": r(&m.commands_total),
-            "commands_dropped_total": r(&m.commands_dropped_total),
-            "subscriptions_denied": m.subscriptions_denied.lock().map(|d| d.clone()).unwrap_or_default(),
-        });
-        let c = &self.control;
-        let events = serde_json::json!({
-            "started_total": r(&c.events_started_total),
-            "ended_total": r(&c.events_ended_total),
-            "active": r(&c.events_active),
-            "scored_dropped_total": r(&c.scored_dropped_total),
-            "embeddings_total": r(&c.embeddings_total),
-            "prompt_updates_accepted_total": r(&c.prompt_updates_accepted_total),
-            "prompt_updates_rejected_total": r(&c.prompt_updates_rejected_total),
-            "config_rev": r(&c.config_rev),
-            "prompt_cache_evictions_total": r(&self.prompt_cache_evictions),
-        });
         StatsMessage {
-            schema: "stats/1",
+            schema: STATS_SCHEMA,
             device: device.to_owned(),
             ts: clock::rfc3339(std::time::SystemTime::now()),
             uptime_s: uptime.as_secs_f64(),
-            sources,
-            encoders,
-            mqtt,
-            events,
+            sources: self
+                .sources
+                .iter()
+                .map(|(name, c)| (name.clone(), source_entry(c)))
+                .collect(),
+            encoders: self
+                .encoders
+                .iter()
+                .map(|(m, s)| (m.to_string(), encoder_entry(s)))
+                .collect(),
+            mqtt: self.mqtt_entry(),
+            events: control_entry(&self.control, &self.prompt_cache_evictions),
         }
+    }
+
+    fn mqtt_entry(&self) -> MqttStatsEntry {
+        let m = &self.mqtt;
+        let outbox = |f: &dyn Fn(&Outbox) -> u64| self.outbox.as_deref().map_or(0, f);
+        let per_class = |f: &dyn Fn(&crate::publish::ClassCounters) -> u64| {
+            PerClass::from_fn(|c| outbox(&|o| f(&o.classes[c as usize])))
+        };
+        MqttStatsEntry {
+            connected: m.connected.load(Ordering::Relaxed),
+            connects_total: read(&m.connects_total),
+            errors_total: read(&m.errors_total),
+            queued: outbox(&|o| o.len() as u64),
+            queued_by_class: PerClass::from_fn(|c| outbox(&|o| o.lens()[c as usize] as u64)),
+            dropped_total: outbox(&Outbox::dropped_total),
+            dropped: per_class(&|c| read(&c.dropped)),
+            sent_total: outbox(&Outbox::sent_total),
+            requeued_total: outbox(&|o| read(&o.requeued)),
+            superseded_total: outbox(&|o| read(&o.classes[Class::State as usize].superseded)),
+            acked_total: read(&m.acked_total),
+            republished_total: read(&m.republished_total),
+            last_republish_ms: read(&m.last_republish_ms),
+            commands_total: read(&m.commands_total),
+            commands_dropped_total: read(&m.commands_dropped_total),
+            subscriptions_denied: m.subscriptions_denied.lock().map(|d| d.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+fn read(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn source_entry(c: &SourceCounters) -> SourceStatsEntry {
+    SourceStatsEntry {
+        online: !c.source.offline.load(Ordering::Relaxed),
+        samples_total: read(&c.source.samples_total),
+        read_errors_total: read(&c.source.errors_total),
+        garbage_bytes_total: read(&c.source.garbage_bytes_total),
+        lost_total: read(&c.source.lost_total),
+        rate_hz: (c.source.rate_hz() * 1000.0).round() / 1000.0,
+        gaps_total: read(&c.source.gaps_total),
+        max_gap_ms: read(&c.source.max_gap_ms),
+        overrun_samples_total: read(&c.source.overrun_samples_total),
+        ring_dropped_total: read(&c.ring.dropped),
+        windows_total: read(&c.windows_total),
+        window_errors_total: read(&c.window_errors_total),
+    }
+}
+
+fn encoder_entry(s: &EncoderStats) -> EncoderStatsEntry {
+    let batches = read(&s.batches_total);
+    EncoderStatsEntry {
+        backend: s.backend.get().copied().unwrap_or("none"),
+        windows_queued_total: read(&s.windows_queued_total),
+        windows_dropped_total: read(&s.windows_dropped_total),
+        windows_encoded_total: read(&s.windows_encoded_total),
+        windows_failed_total: read(&s.windows_failed_total),
+        batches_total: batches,
+        infer_ms_avg: if batches == 0 {
+            0.0
+        } else {
+            read(&s.infer_us_total) as f64 / batches as f64 / 1e3
+        },
+    }
+}
+
+fn control_entry(c: &ControlStats, evictions: &AtomicU64) -> EventStatsEntry {
+    EventStatsEntry {
+        started_total: read(&c.events_started_total),
+        ended_total: read(&c.events_ended_total),
+        active: read(&c.events_active),
+        scored_dropped_total: read(&c.scored_dropped_total),
+        embeddings_total: read(&c.embeddings_total),
+        prompt_updates_accepted_total: read(&c.prompt_updates_accepted_total),
+        prompt_updates_rejected_total: read(&c.prompt_updates_rejected_total),
+        payload_errors_total: read(&c.payload_errors_total),
+        config_rev: read(&c.config_rev),
+        prompt_cache_evictions_total: read(evictions),
     }
 }

@@ -38,7 +38,7 @@ use crate::control::{ControlStats, Controller, ControllerSetup};
 use crate::labels::PromptCache;
 use crate::publish::mqtt::MqttStats;
 use crate::publish::{OutMessage, Outbox, OutboxLimits};
-pub use metrics::{Metrics, SourceCounters, StatsMessage};
+pub use metrics::{Metrics, SourceCounters};
 use plan::Plan;
 use stages::{EncoderSetup, Publisher, SourceStages};
 use tasks::{StopSignal, Tracked, wait_all};

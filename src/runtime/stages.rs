@@ -15,6 +15,7 @@ use super::plan::Plan;
 use super::tasks::{Tracked, spawn_named};
 use super::worker::{EncoderStats, Window, WindowQueue, WorkerContext, run_worker};
 use crate::config::LoadedConfig;
+use crate::control::payloads::ModelInfo;
 use crate::control::{ControlStats, SensorInfo, TextTower};
 use crate::encode::{Encoder, ModelDir, ModelSource, engine};
 use crate::labels::{PromptCache, PromptConfig, PromptSet, embed_prompts};
@@ -53,7 +54,7 @@ pub struct Encoders {
     /// One per tower, by modality.
     pub by_modality: BTreeMap<Modality, Arc<dyn Encoder>>,
     /// Model id, backend and dimension per tower (for `info`).
-    pub info: BTreeMap<String, serde_json::Value>,
+    pub info: BTreeMap<String, ModelInfo>,
     /// The prompt embedder, when prompts or text sources need it.
     pub text: Option<TextTower>,
     /// CLIP BPE, when needed.
@@ -92,7 +93,11 @@ fn load_encoders_blocking(
         tracing::info!(modality = %m, model = %enc.info().model_id, backend = enc.backend(), threads = opts.threads, "Loaded encoder.");
         info.insert(
             m.to_string(),
-            serde_json::json!({ "model": enc.info().model_id, "backend": enc.backend(), "dim": enc.info().output_dim }),
+            ModelInfo {
+                model: enc.info().model_id.clone(),
+                backend: enc.backend().to_owned(),
+                dim: enc.info().output_dim,
+            },
         );
         let enc: Arc<dyn Encoder> = match delay {
             Some(delay) => Arc::new(DelayedEncoder { inner: enc, delay }),
