@@ -207,10 +207,30 @@ fn broker_killed_mid_stream_loses_no_event_and_state_is_right_after_reconnect() 
             && r.json()["request_id"] == "after-restart")),
         "no command response after the reconnect (not resubscribed?)"
     );
-    child.stop();
+    // mosquitto drops QoS 0 messages (stats) for a subscriber whose in-flight window is full of QoS 1 ones (the
+    // burst after the reconnect): before stopping, wait until periodic stats reach the persistent subscriber again,
+    // so that the final stats find room.
+    let stats_seen = |m: &[Received]| m.iter().filter(|r| r.topic == "sensebind/bk/stats").count();
+    let before = stats_seen(&sub.snapshot());
     assert!(
-        sub.wait_for(Duration::from_secs(10), |m| common::said_offline(m, "bk")),
-        "offline, the daemon's last message, did not arrive:\n{}",
+        sub.wait_for(Duration::from_secs(10), |m| stats_seen(m) >= before + 2),
+        "periodic stats stopped reaching the persistent subscriber"
+    );
+    child.stop();
+    // The persistent subscriber may still be catching up after its own reconnect, and the broker's restart can
+    // replay a stale `offline`: wait for the final stats (every event the log shows as started, all ended), then
+    // the daemon's own `offline` after them.
+    let started = child.log().matches("Event started.").count() as u64;
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| {
+            let last_stats = m.iter().rposition(|r| {
+                r.topic == "sensebind/bk/stats"
+                    && r.json()["events"]["started_total"].as_u64() == Some(started)
+                    && r.json()["events"]["ended_total"].as_u64() == Some(started)
+            });
+            last_stats.is_some_and(|i| common::said_offline(&m[i..], "bk"))
+        }),
+        "the final stats ({started} events) and then offline did not arrive:\n{}",
         child.log()
     );
     let msgs = sub.snapshot();

@@ -196,6 +196,41 @@ fn split_row(line: &str, delim: Option<char>) -> Vec<&str> {
     }
 }
 
+/// Metres per second squared per unit.
+fn acc_scale(unit: AccUnit) -> f64 {
+    match unit {
+        AccUnit::MetresPerSecond2 => 1.0,
+        AccUnit::G => 9.806_65,
+        AccUnit::MilliG => 0.009_806_65,
+    }
+}
+
+/// Radians per second per unit.
+fn gyro_scale(unit: GyroUnit) -> f64 {
+    match unit {
+        GyroUnit::RadPerSecond => 1.0,
+        GyroUnit::DegPerSecond => std::f64::consts::PI / 180.0,
+    }
+}
+
+/// The number in column `col` (0-based) of a row on 1-based `line`; the error names the line, column and field.
+fn parse_cell(cells: &[&str], col: usize, what: &str, line: usize, name: &str) -> Result<f64, PreprocessError> {
+    let raw = cells.get(col).ok_or_else(|| {
+        PreprocessError::invalid(
+            name,
+            format!("line {line}: no column {col} ({what}); the row has {} cells", cells.len()),
+        )
+    })?;
+    let raw = raw.trim_matches('"');
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(PreprocessError::invalid(
+            name,
+            format!("line {line}, column {} ({what}): {raw:?} is not a number", col + 1),
+        )),
+    }
+}
+
 /// Parses a delimited text recording.
 pub fn parse(text: &str, config: &ImuConfig, name: &str) -> Result<ImuRecording, PreprocessError> {
     let mut lines = text
@@ -294,54 +329,21 @@ pub fn parse(text: &str, config: &ImuConfig, name: &str) -> Result<ImuRecording,
             ),
         ));
     }
-    let acc_scale = match config.acc_unit {
-        AccUnit::MetresPerSecond2 => 1.0,
-        AccUnit::G => 9.806_65,
-        AccUnit::MilliG => 0.009_806_65,
-    };
-    let gyro_scale = match config.gyro_unit {
-        GyroUnit::RadPerSecond => 1.0,
-        GyroUnit::DegPerSecond => std::f64::consts::PI / 180.0,
-    };
+    let (acc_scale, gyro_scale) = (acc_scale(config.acc_unit), gyro_scale(config.gyro_unit));
     let mut time_s = Vec::new();
     let mut channels: [Vec<f32>; 6] = Default::default();
     for (line_no, line) in lines {
         let cells = split_row(line, delim);
-        let cell = |col: usize, what: &str| -> Result<f64, PreprocessError> {
-            let raw = cells.get(col).ok_or_else(|| {
-                PreprocessError::invalid(
-                    name,
-                    format!(
-                        "line {}: no column {col} ({what}); the row has {} cells",
-                        line_no + 1,
-                        cells.len()
-                    ),
-                )
-            })?;
-            let raw = raw.trim_matches('"');
-            match raw.parse::<f64>() {
-                Ok(v) if v.is_finite() => Ok(v),
-                _ => Err(PreprocessError::invalid(
-                    name,
-                    format!(
-                        "line {}, column {} ({what}): {raw:?} is not a number",
-                        line_no + 1,
-                        col + 1
-                    ),
-                )),
-            }
-        };
+        let cell = |col: usize, what: &str| parse_cell(&cells, col, what, line_no + 1, name);
         let t = match time_col {
             Some(c) => cell(c, "time")? * config.time_unit.seconds(),
             None => time_s.len() as f64 / config.rate_hz.unwrap_or(1.0),
         };
         if let Some(&prev) = time_s.last().filter(|&&prev| t < prev) {
-            {
-                return Err(PreprocessError::invalid(
-                    name,
-                    format!("line {}: time goes backwards ({t} s after {prev} s)", line_no + 1),
-                ));
-            }
+            return Err(PreprocessError::invalid(
+                name,
+                format!("line {}: time goes backwards ({t} s after {prev} s)", line_no + 1),
+            ));
         }
         time_s.push(t);
         for axis in 0..3 {

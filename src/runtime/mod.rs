@@ -91,6 +91,23 @@ struct Running {
 }
 
 impl Running {
+    /// Nothing started yet.
+    fn new(started: Instant, device: String, stats_topic: String, outbox: &Arc<Outbox>) -> Self {
+        Self {
+            started,
+            device,
+            stats_topic,
+            outbox: Arc::clone(outbox),
+            metrics: Arc::new(Metrics::default()),
+            publisher: None,
+            sources: None,
+            queues: Vec::new(),
+            workers: Vec::new(),
+            controller: None,
+            stats: None,
+        }
+    }
+
     /// Stops the started stages in order within `timeout`: sources → window stages → encoders → controller →
     /// final stats → publisher (flush, `offline`, disconnect).
     async fn shutdown(mut self, timeout: Duration, during_startup: bool) -> Summary {
@@ -181,19 +198,7 @@ pub async fn run(
         control: Arc::clone(&control_stats),
         ..Metrics::default()
     };
-    let mut running = Running {
-        started,
-        device: cfg.device.id.clone(),
-        stats_topic: plan.topics.stats(),
-        outbox: Arc::clone(&outbox),
-        metrics: Arc::new(Metrics::default()),
-        publisher: None,
-        sources: None,
-        queues: Vec::new(),
-        workers: Vec::new(),
-        controller: None,
-        stats: None,
-    };
+    let mut running = Running::new(started, cfg.device.id.clone(), plan.topics.stats(), &outbox);
     macro_rules! or_stopped {
         ($step:expr) => {
             match stop.unless_stopped($step).await {
@@ -248,7 +253,7 @@ pub async fn run(
     running.queues = queues.values().cloned().collect();
     running.workers = workers;
     drop(scored_tx);
-    let (sources, mut all_done) = stages::start_sources(loaded, encoders.tokenizer.clone(), &queues, &mut metrics)?;
+    let (sources, all_done) = stages::start_sources(loaded, encoders.tokenizer.clone(), &queues, &mut metrics)?;
     let controller = Controller::new(ControllerSetup {
         device: cfg.device.id.clone(),
         device_name: cfg.device.name.clone().unwrap_or_else(|| cfg.device.id.clone()),
@@ -289,8 +294,14 @@ pub async fn run(
         startup_ms = started.elapsed().as_millis() as u64,
         "Pipeline running."
     );
+    wait_for_the_end(&mut stop, options.duration, all_done).await;
+    Ok(running.shutdown(options.shutdown_timeout, false).await)
+}
+
+/// Waits for the reason to stop: the stop request, the run duration, or every source finished.
+async fn wait_for_the_end(stop: &mut StopSignal, duration: Option<Duration>, mut all_done: stages::AllSourcesDone) {
     let duration = async {
-        match options.duration {
+        match duration {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending::<()>().await,
         }
@@ -300,5 +311,4 @@ pub async fn run(
         () = duration => tracing::info!("Run duration reached; shutting down."),
         None = all_done.recv() => tracing::info!("Every source has finished; shutting down."),
     }
-    Ok(running.shutdown(options.shutdown_timeout, false).await)
 }
