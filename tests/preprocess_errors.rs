@@ -209,7 +209,10 @@ fn bad_parameters_are_reported_with_their_keys() {
         .arg(tmp.path().join("o.npy"))
         .output()
         .unwrap();
-    assert_clean_failure(&out, &["depth.mean/std", "imu.window_secs", "imu.rate_hz"]);
+    assert_clean_failure(
+        &out,
+        &["depth.mean: std must be positive", "imu.window_secs", "imu.rate_hz"],
+    );
     std::fs::write(&params, "[depth]\nbaseline = 0.1\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sensebind"))
         .args(["preprocess", "-m", "depth"])

@@ -218,7 +218,10 @@ fn parse_cell(cells: &[&str], col: usize, what: &str, line: usize, name: &str) -
     let raw = cells.get(col).ok_or_else(|| {
         PreprocessError::invalid(
             name,
-            format!("line {line}: no column {col} ({what}); the row has {} cells", cells.len()),
+            format!(
+                "line {line}: no column {col} ({what}); the row has {} cells",
+                cells.len()
+            ),
         )
     })?;
     let raw = raw.trim_matches('"');

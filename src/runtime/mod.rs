@@ -136,8 +136,10 @@ impl Running {
         if !during_startup
             && let Ok(payload) = serde_json::to_vec(&metrics.snapshot(&self.device, self.started.elapsed()))
         {
+            // QoS 1: the run's complete record, which a broker must not drop for a busy subscriber (mosquitto drops
+            // QoS 0 messages for a subscriber whose in-flight window is full).
             self.outbox
-                .push(OutMessage::telemetry(self.stats_topic.clone(), payload, 0));
+                .push(OutMessage::telemetry(self.stats_topic.clone(), payload, 1));
         }
         // Close the outbox: the MQTT task flushes it, says offline and disconnects.
         self.outbox.close();
