@@ -8,6 +8,8 @@
 //! Paths are read from `use` items and from inline `crate::…` / `super::…` paths outside comments and string
 //! literals.
 
+#![allow(clippy::unwrap_used)] // test code
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -111,7 +111,7 @@ modality = "imu"
         .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
-    let stop_after = std::thread::spawn(move || {
+    let stop_after = common::spawn_named(move || {
         std::thread::sleep(Duration::from_millis(1500));
         drop(tx);
     });

@@ -242,13 +242,16 @@ pub struct EncoderSetup<'a> {
     pub control: &'a Arc<ControlStats>,
 }
 
+/// The bounded queue in front of each modality's encoder worker.
+pub type WindowQueues = BTreeMap<Modality, Arc<WindowQueue>>;
+
 /// Starts one encoder worker per source modality; returns their queues and threads.
 pub fn start_encoders(
     loaded: &LoadedConfig,
     plan: &Plan,
     setup: &EncoderSetup<'_>,
     metrics: &mut Metrics,
-) -> anyhow::Result<(BTreeMap<Modality, Arc<WindowQueue>>, Vec<Tracked>)> {
+) -> anyhow::Result<(WindowQueues, Vec<Tracked>)> {
     let models = &loaded.config.models;
     let mut queues = BTreeMap::new();
     let mut workers = Vec::new();
@@ -298,7 +301,7 @@ pub type AllSourcesDone = tokio::sync::mpsc::Receiver<()>;
 pub fn start_sources(
     loaded: &LoadedConfig,
     tokenizer: Option<Arc<Tokenizer>>,
-    queues: &BTreeMap<Modality, Arc<WindowQueue>>,
+    queues: &WindowQueues,
     metrics: &mut Metrics,
 ) -> anyhow::Result<(SourceStages, AllSourcesDone)> {
     let cfg = &loaded.config;
