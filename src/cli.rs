@@ -508,6 +508,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<u8> {
             .unwrap_or(std::time::Duration::from_secs(10)),
         duration: secs(args.duration, "--duration")?,
         encoder_delay: None,
+        notifier: crate::runtime::systemd::Notifier::from_env().map(std::sync::Arc::new),
     };
     let summary = rt.block_on(crate::runtime::run(&loaded, &options, stop));
     close_runtime(rt);

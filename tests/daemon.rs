@@ -315,6 +315,7 @@ text = "a person walking"
         shutdown_timeout: Duration::from_secs(10),
         // 50 windows per second arrive; an encoder that needs 100 ms each keeps up with 10.
         encoder_delay: Some(Duration::from_millis(100)),
+        ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

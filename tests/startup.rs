@@ -104,6 +104,7 @@ modality = "imu"
         duration: None,
         // 12 prompts × 500 ms: six seconds of text tower at start-up.
         encoder_delay: Some(Duration::from_millis(500)),
+        ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

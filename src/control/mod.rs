@@ -488,6 +488,7 @@ impl Controller {
         let Some(sensor) = self.s.sensors.iter().find(|s| *s.name == *w.source).cloned() else {
             return;
         };
+        sensor.stats.windows_scored_total.fetch_add(1, Ordering::Relaxed);
         if !sensor.enabled.load(Ordering::SeqCst) {
             return;
         }

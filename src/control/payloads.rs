@@ -994,6 +994,8 @@ pub struct SourceStatsEntry {
     pub windows_total: u64,
     /// Windows whose preprocessing failed.
     pub window_errors_total: u64,
+    /// Windows scored against the prompts.
+    pub windows_scored_total: u64,
 }
 
 /// One modality's encoder counters, in `stats/1`.

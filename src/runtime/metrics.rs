@@ -116,6 +116,7 @@ fn source_entry(c: &SourceCounters) -> SourceStatsEntry {
         ring_dropped_total: read(&c.ring.dropped),
         windows_total: read(&c.windows_total),
         window_errors_total: read(&c.window_errors_total),
+        windows_scored_total: read(&c.source.windows_scored_total),
     }
 }
 

@@ -27,6 +27,7 @@
 pub mod metrics;
 pub mod plan;
 pub mod stages;
+pub mod systemd;
 pub mod tasks;
 pub mod worker;
 
@@ -52,6 +53,8 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Fault injection: every encoder call takes at least this much longer (overload tests and benchmarks).
     pub encoder_delay: Option<Duration>,
+    /// systemd's notification socket and watchdog (`sensebind run`: from `NOTIFY_SOCKET` and `WATCHDOG_USEC`).
+    pub notifier: Option<Arc<systemd::Notifier>>,
 }
 
 impl Default for RunOptions {
@@ -60,6 +63,7 @@ impl Default for RunOptions {
             shutdown_timeout: Duration::from_secs(10),
             duration: None,
             encoder_delay: None,
+            notifier: None,
         }
     }
 }
@@ -88,6 +92,8 @@ struct Running {
     workers: Vec<Tracked>,
     controller: Option<tokio::task::JoinHandle<()>>,
     stats: Option<tokio::task::JoinHandle<()>>,
+    notifier: Option<Arc<systemd::Notifier>>,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -105,6 +111,8 @@ impl Running {
             workers: Vec::new(),
             controller: None,
             stats: None,
+            notifier: None,
+            watchdog: None,
         }
     }
 
@@ -112,6 +120,12 @@ impl Running {
     /// final stats → publisher (flush, `offline`, disconnect).
     async fn shutdown(mut self, timeout: Duration, during_startup: bool) -> Summary {
         let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        if let Some(n) = &self.notifier {
+            n.notify("STOPPING=1\nSTATUS=Stopping\n");
+        }
         let mut stragglers = Vec::new();
         if let Some(s) = self.sources.take() {
             s.stop.raise();
@@ -201,6 +215,10 @@ pub async fn run(
         ..Metrics::default()
     };
     let mut running = Running::new(started, cfg.device.id.clone(), plan.topics.stats(), &outbox);
+    running.notifier = options.notifier.clone();
+    if let Some(n) = &running.notifier {
+        n.status("Loading models");
+    }
     macro_rules! or_stopped {
         ($step:expr) => {
             match stop.unless_stopped($step).await {
@@ -296,6 +314,10 @@ pub async fn run(
         startup_ms = started.elapsed().as_millis() as u64,
         "Pipeline running."
     );
+    running.watchdog = running
+        .notifier
+        .as_ref()
+        .map(|n| start_watchdog(n, running.sources.as_ref(), cfg.mqtt.enabled, &mqtt_stats));
     wait_for_the_end(&mut stop, options.duration, all_done).await;
     Ok(running.shutdown(options.shutdown_timeout, false).await)
 }
@@ -313,4 +335,22 @@ async fn wait_for_the_end(stop: &mut StopSignal, duration: Option<Duration>, mut
         () = duration => tracing::info!("Run duration reached; shutting down."),
         None = all_done.recv() => tracing::info!("Every source has finished; shutting down."),
     }
+}
+
+/// Tells systemd the daemon is ready and starts the progress watchdog (`runtime::systemd`).
+fn start_watchdog(
+    notifier: &Arc<systemd::Notifier>,
+    sources: Option<&SourceStages>,
+    mqtt_enabled: bool,
+    mqtt: &Arc<MqttStats>,
+) -> tokio::task::JoinHandle<()> {
+    notifier.notify("READY=1\nSTATUS=Running\n");
+    let sensors = sources.map(|s| s.sensors.clone()).unwrap_or_default();
+    // A sensor is stalled after at least one watchdog period without a scored window.
+    let floor = notifier.watchdog().unwrap_or(Duration::from_secs(30));
+    let progress = systemd::Progress::new(&sensors, floor, Instant::now());
+    let connected = Arc::clone(mqtt);
+    tokio::spawn(systemd::watch(Arc::clone(notifier), progress, move || {
+        mqtt_enabled.then(|| connected.connected.load(std::sync::atomic::Ordering::Relaxed))
+    }))
 }

@@ -157,6 +157,9 @@ pub struct SourceStats {
     /// Samples the device delivered that the source had to drop before they reached the ring (a microphone's
     /// capture buffer full, a driver reporting an overrun).
     pub overrun_samples_total: AtomicU64,
+    /// Windows of this sensor scored against the prompts (counted by the controller; the systemd watchdog's
+    /// measure of progress).
+    pub windows_scored_total: AtomicU64,
 }
 
 impl SourceStats {
