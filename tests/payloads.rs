@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::schema::validate;
 use sensebind::clock::Timestamp;
 use sensebind::control::payloads::{
-    self, CmdResult, DaemonInfo, DiscoveryInput, EventEnd, EventFacts, EventType, ModelInfo, PromptsOrigin, Publisher,
-    RunnerUp, SensorDescription, SensorStatus, Thresholds, WindowCause, WindowTimes,
+    self, CmdResult, DaemonInfo, DiscoveryInput, EventEnd, EventFacts, EventSubject, EventType, ModelInfo,
+    PromptsOrigin, Publisher, RunnerUp, SensorDescription, SensorStatus, Thresholds, WindowCause, WindowTimes,
 };
 use sensebind::events::EndReason;
 use sensebind::events::EventsConfig;
@@ -63,10 +63,12 @@ fn facts(kind: EventType) -> EventFacts {
         id: "3-imu0-walking-1".into(),
         seq: 0,
         kind,
-        sensor: "imu0".into(),
-        modality: "imu".into(),
-        label: "walking".into(),
-        prompt: "a person walking".into(),
+        subject: EventSubject {
+            sensor: "imu0".into(),
+            modality: "imu".into(),
+            label: "walking".into(),
+            prompt: "a person walking".into(),
+        },
         score: 0.7,
         peak: 0.75,
         thresholds: Some(Thresholds { on: 0.6, off: 0.48 }),

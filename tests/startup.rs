@@ -9,7 +9,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, daemon_config, root, toml_str, wait_until};
+use common::{Daemon, daemon_config, wait_until};
 
 /// A broker that accepts the TCP connection and never answers: the daemon waits for its first CONNACK (up to
 /// 15 s) — a start-up phase long enough to signal into.
@@ -78,24 +78,8 @@ fn issue_12_prompt_embedding_at_start_up_does_not_block_the_async_runtime() {
     let prompts: String = (0..12)
         .map(|i| format!("[[prompts]]\nid = \"p{i}\"\ntext = \"prompt number {i}\"\n"))
         .collect();
-    let text = format!(
-        r#"
-[device]
-id = "embed"
-[runtime]
-state_dir = {state}
-[models]
-dir = {models}
-[mqtt]
-enabled = false
-[[sources]]
-type = "synthetic"
-name = "imu0"
-modality = "imu"
-{prompts}"#,
-        state = toml_str(&tmp.path().join("state")),
-        models = toml_str(&root().join("models/imagebind-tiny")),
-    );
+    let sources = "[[sources]]\ntype = \"synthetic\"\nname = \"imu0\"\nmodality = \"imu\"\n";
+    let text = common::offline_config("embed", &tmp.path().join("state"), "", &format!("{sources}{prompts}"));
     let path = tmp.path().join("embed.toml");
     std::fs::write(&path, text).unwrap();
     let loaded = sensebind::config::load(&path).unwrap();

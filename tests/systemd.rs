@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, root, toml_str};
+use common::{Daemon, FAST_IMU, offline_config, root, toml_str};
 
 /// The unit with its binary paths pointing at this build (`verify` checks that ExecStart exists).
 fn unit_copy(dir: &Path) -> PathBuf {
@@ -122,37 +122,17 @@ fn longest_gap(times: &[Instant]) -> Duration {
 fn ready_then_watchdog_pings_while_a_sensor_is_unplugged_then_stopping() {
     let tmp = tempfile::tempdir().unwrap();
     let mut listener = Listener::bind(tmp.path());
-    let config = format!(
-        r#"
-[device]
-id = "sd"
-[runtime]
-state_dir = {state}
-[models]
-dir = {models}
-[mqtt]
-enabled = false
-[[sources]]
-type = "synthetic"
-name = "imu0"
-modality = "imu"
-window_secs = 0.5
-hop_secs = 0.1
-[[sources]]
-type = "serial"
-name = "unplugged"
-modality = "imu"
-path = {port}
-[[prompts]]
-id = "walking"
-text = "a person walking"
-[[prompts]]
-id = "still"
-text = "a person sitting still"
-"#,
-        state = toml_str(&tmp.path().join("state")),
-        models = toml_str(&root().join("models/imagebind-tiny")),
-        port = toml_str(&tmp.path().join("no-such-tty")),
+    let unplugged = format!(
+        "[[sources]]\ntype = \"serial\"\nname = \"unplugged\"\nmodality = \"imu\"\npath = {}\n",
+        toml_str(&tmp.path().join("no-such-tty"))
+    );
+    let prompts = "[[prompts]]\nid = \"walking\"\ntext = \"a person walking\"\n\
+                   [[prompts]]\nid = \"still\"\ntext = \"a person sitting still\"\n";
+    let config = offline_config(
+        "sd",
+        &tmp.path().join("state"),
+        "",
+        &format!("{FAST_IMU}{unplugged}{prompts}"),
     );
     let sock = listener.path.display().to_string();
     let mut d = Daemon::start(
@@ -206,27 +186,11 @@ text = "a person sitting still"
 fn watchdog_pings_stop_while_the_pipeline_is_stalled() {
     let tmp = tempfile::tempdir().unwrap();
     let mut listener = Listener::bind(tmp.path());
-    let text = format!(
-        r#"
-[device]
-id = "stall"
-[runtime]
-state_dir = {state}
-[models]
-dir = {models}
-max_batch = 1
-queue_windows = 1
-[mqtt]
-enabled = false
-[[sources]]
-type = "synthetic"
-name = "imu0"
-modality = "imu"
-window_secs = 0.5
-hop_secs = 0.1
-"#,
-        state = toml_str(&tmp.path().join("state")),
-        models = toml_str(&root().join("models/imagebind-tiny")),
+    let text = offline_config(
+        "stall",
+        &tmp.path().join("state"),
+        "max_batch = 1\nqueue_windows = 1",
+        FAST_IMU,
     );
     let path = tmp.path().join("stall.toml");
     std::fs::write(&path, text).unwrap();

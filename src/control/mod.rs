@@ -40,7 +40,8 @@ use crate::publish::mqtt::Incoming;
 use crate::publish::{OutMessage, Outbox, Topics};
 pub use commands::{MAX_PROMPTS, MAX_UPDATE_BYTES};
 use payloads::{
-    EventEnd, EventFacts, EventType, ModelInfo, PromptsOrigin, Publisher, SensorStatus, WindowCause, WindowTimes,
+    EventEnd, EventFacts, EventSubject, EventType, ModelInfo, PromptsOrigin, Publisher, SensorStatus, WindowCause,
+    WindowTimes,
 };
 use state::StateWriter;
 pub use state::{OpenEvent, RuntimeState, StateFile, prompts_hash};
@@ -341,10 +342,12 @@ impl Controller {
                 id: id.clone(),
                 seq: ev.seq + 1,
                 kind: EventType::End,
-                sensor: ev.sensor,
-                modality: ev.modality,
-                label: ev.label,
-                prompt: ev.prompt,
+                subject: EventSubject {
+                    sensor: ev.sensor,
+                    modality: ev.modality,
+                    label: ev.label,
+                    prompt: ev.prompt,
+                },
                 score: 0.0,
                 peak: ev.peak,
                 thresholds: None,
@@ -367,7 +370,7 @@ impl Controller {
 
     /// Publishes one `event/1` message.
     fn publish_event(&self, facts: EventFacts) {
-        let topic = self.s.topics.events(&facts.sensor, &facts.label);
+        let topic = self.s.topics.events(&facts.subject.sensor, &facts.subject.label);
         let payload = payloads::event(self.publisher(), self.wall_ts(), facts);
         self.send(payloads::json_message(topic, &payload, OutMessage::event));
     }
@@ -623,10 +626,12 @@ impl Controller {
                 TransitionKind::Update => EventType::Update,
                 TransitionKind::End => EventType::End,
             },
-            sensor: sensor.clone(),
-            modality: modality.clone(),
-            label: label.clone(),
-            prompt: prompt_text.clone(),
+            subject: EventSubject {
+                sensor: sensor.clone(),
+                modality: modality.clone(),
+                label: label.clone(),
+                prompt: prompt_text.clone(),
+            },
             score: tr.score,
             peak: tr.peak,
             thresholds: Some(thresholds),

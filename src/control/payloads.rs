@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::EventsConfig;
-use crate::events::{Aggregate, EndReason};
+use crate::events::{EndReason, EventsConfig};
 use crate::labels::{LabelScore, PromptSet};
 use crate::publish::config::{EmbeddingMode, EmbeddingsConfig};
 use crate::publish::embedding::{Dtype, Encoding};
@@ -198,14 +197,9 @@ pub struct EventMessage {
     pub id: String,
     /// Device id.
     pub device: String,
-    /// Sensor name.
-    pub sensor: String,
-    /// Sensor modality.
-    pub modality: String,
-    /// Label id.
-    pub label: String,
-    /// The prompt's first text.
-    pub prompt: String,
+    /// Which sensor and label (`sensor`, `modality`, `label`, `prompt` in the payload).
+    #[serde(flatten)]
+    pub subject: EventSubject,
     /// Aggregated score now.
     pub score: f32,
     /// Highest aggregated score of the event so far.
@@ -238,6 +232,19 @@ pub struct EventMessage {
     pub config_rev: u64,
 }
 
+/// The sensor and label an event is about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventSubject {
+    /// Sensor name.
+    pub sensor: String,
+    /// Sensor modality.
+    pub modality: String,
+    /// Label id.
+    pub label: String,
+    /// The prompt's first text.
+    pub prompt: String,
+}
+
 /// How an event ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventEnd {
@@ -258,14 +265,8 @@ pub struct EventFacts {
     pub seq: u64,
     /// Start, update or end.
     pub kind: EventType,
-    /// Sensor.
-    pub sensor: String,
-    /// Sensor modality.
-    pub modality: String,
-    /// Label.
-    pub label: String,
-    /// Prompt text.
-    pub prompt: String,
+    /// Which sensor and label.
+    pub subject: EventSubject,
     /// Aggregated score.
     pub score: f32,
     /// Peak.
@@ -315,10 +316,7 @@ pub fn event(by: Publisher<'_>, ts: String, f: EventFacts) -> EventMessage {
         kind: f.kind,
         id: f.id,
         device: by.device.to_owned(),
-        sensor: f.sensor,
-        modality: f.modality,
-        label: f.label,
-        prompt: f.prompt,
+        subject: f.subject,
         score: f.score,
         peak: f.peak,
         cos,
@@ -546,20 +544,11 @@ pub struct PromptState {
     pub threshold: f32,
     /// Release threshold.
     pub off_threshold: f32,
-    /// Aggregation.
-    pub aggregate: Aggregate,
-    /// Windows aggregated.
-    pub aggregate_windows: usize,
-    /// Onset: k of n.
-    pub onset_k: usize,
-    /// Onset: k of n.
-    pub onset_n: usize,
-    /// Hold, s.
-    pub hold_secs: f64,
-    /// Cooldown, s.
-    pub cooldown_secs: f64,
-    /// Longest event, s.
-    pub max_event_secs: f64,
+    /// The event parameters in force for this prompt: its own overrides over `[events]` (`aggregate`,
+    /// `aggregate_windows`, `onset_k`, `onset_n`, `hold_secs`, `cooldown_secs`, `max_event_secs`,
+    /// `update_interval_secs` in the payload).
+    #[serde(flatten)]
+    pub events: EventsConfig,
     /// Switched on.
     pub enabled: bool,
     /// First 12 hex digits of the sha256 of the embedding.
@@ -598,13 +587,16 @@ pub fn prompts_state(
                 sources: p.config.sources.clone(),
                 threshold: params.on,
                 off_threshold: params.off,
-                aggregate: params.aggregate,
-                aggregate_windows: params.aggregate_windows,
-                onset_k: params.onset_k,
-                onset_n: params.onset_n,
-                hold_secs: params.hold.as_secs_f64(),
-                cooldown_secs: params.cooldown.as_secs_f64(),
-                max_event_secs: params.max_event.as_secs_f64(),
+                events: EventsConfig {
+                    aggregate: params.aggregate,
+                    aggregate_windows: params.aggregate_windows,
+                    onset_k: params.onset_k,
+                    onset_n: params.onset_n,
+                    hold_secs: params.hold.as_secs_f64(),
+                    cooldown_secs: params.cooldown.as_secs_f64(),
+                    max_event_secs: params.max_event.as_secs_f64(),
+                    update_interval_secs: params.update_interval.as_secs_f64(),
+                },
                 enabled: !disabled.contains(&p.id),
                 embedding_sha: crate::util::hex(&Sha256::digest(&bytes))[..12].to_owned(),
             }

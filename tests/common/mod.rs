@@ -867,6 +867,37 @@ url = "{url}"
     )
 }
 
+/// A configuration without MQTT (messages are only logged): device `device`, the bundled tiny models; `models`
+/// goes into `[models]` after `dir`, and `rest` follows (sources, prompts, …).
+pub fn offline_config(device: &str, state: &Path, models: &str, rest: &str) -> String {
+    format!(
+        r#"
+[device]
+id = "{device}"
+[runtime]
+state_dir = {state}
+[models]
+dir = {dir}
+{models}
+[mqtt]
+enabled = false
+{rest}
+"#,
+        state = toml_str(state),
+        dir = toml_str(&root().join("models/imagebind-tiny")),
+    )
+}
+
+/// A synthetic IMU source named `imu0` (400 Hz) with 0.5 s windows every 0.1 s.
+pub const FAST_IMU: &str = r#"
+[[sources]]
+type = "synthetic"
+name = "imu0"
+modality = "imu"
+window_secs = 0.5
+hop_secs = 0.1
+"#;
+
 /// A daemon configuration with one synthetic IMU (200 Hz, 0.5 s windows every 0.1 s) and events that react to a
 /// single window; `mqtt_extra` goes into `[mqtt]`.
 pub fn imu_config(device: &str, url: &str, state: &Path, mqtt_extra: &str, prompts: &str) -> String {
