@@ -119,6 +119,12 @@ pub enum PromptError {
 }
 
 /// Embeds the configured prompts with the text tower, using and filling the cache.
+///
+/// A prompt with several phrasings is an ensemble, done as CLIP's prompt ensembling: each phrasing's embedding is
+/// normalised, the unit vectors are averaged and the mean is normalised again, then scaled back to the text
+/// tower's output norm (its logit scale). A plain average of the scaled embeddings would be shorter than any of
+/// them, so an ensemble would score systematically lower than a one-text prompt; this way two identical texts
+/// give exactly the one-text embedding.
 pub fn embed_prompts(
     configs: &[PromptConfig],
     text_encoder: &dyn Encoder,
@@ -126,44 +132,70 @@ pub fn embed_prompts(
     tokenizer: &Tokenizer,
     cache: &mut PromptCache,
 ) -> Result<PromptSet, PromptError> {
+    let dim = text_encoder.info().output_dim;
     let mut prompts = Vec::with_capacity(configs.len());
     for pc in configs {
         let texts = pc.all_texts();
-        let mut sum = vec![0f32; text_encoder.info().output_dim];
+        let mut embeddings = Vec::with_capacity(texts.len());
         for text in &texts {
             let key = PromptCache::key(text_model_sha, text);
             let emb = match cache.get(&key) {
-                Some(e) if e.len() == sum.len() => e,
+                Some(e) if e.len() == dim => e,
                 _ => {
-                    let ids = Tensor::from_i64(vec![1, text_pre::CONTEXT_LENGTH], tokenizer.tokenize(text).to_vec())
-                        .map_err(|e| PromptError::Encode {
-                            id: pc.id.clone(),
-                            source: EncodeError::Run {
-                                model: "text".into(),
-                                reason: e.to_string(),
-                            },
-                        })?;
-                    let out = text_encoder.encode(&ids).map_err(|source| PromptError::Encode {
+                    let e = embed_text(text_encoder, tokenizer, text).map_err(|source| PromptError::Encode {
                         id: pc.id.clone(),
                         source,
                     })?;
-                    let e = out.as_f32().unwrap_or_default().to_vec();
                     cache.insert(key, e.clone());
                     e
                 }
             };
-            sum.iter_mut().zip(&emb).for_each(|(s, x)| *s += x);
+            embeddings.push(emb);
         }
-        let n = texts.len().max(1) as f32;
-        sum.iter_mut().for_each(|s| *s /= n);
         prompts.push(Prompt {
             id: pc.id.clone(),
             texts,
             config: pc.clone(),
-            embedding: sum,
+            embedding: ensemble(&embeddings, dim),
         });
     }
     Ok(PromptSet { prompts })
+}
+
+/// One text through the text tower.
+fn embed_text(encoder: &dyn Encoder, tokenizer: &Tokenizer, text: &str) -> Result<Vec<f32>, EncodeError> {
+    let ids = Tensor::from_i64(vec![1, text_pre::CONTEXT_LENGTH], tokenizer.tokenize(text).to_vec()).map_err(|e| {
+        EncodeError::Run {
+            model: "text".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    let out = encoder.encode(&ids)?;
+    Ok(out.as_f32().unwrap_or_default().to_vec())
+}
+
+/// CLIP-style ensemble of scaled embeddings: normalise each, average, normalise, and scale by their mean norm.
+/// Zero vectors are left out; no usable vector gives zeros.
+pub fn ensemble(embeddings: &[Vec<f32>], dim: usize) -> Vec<f32> {
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let mut sum = vec![0f32; dim];
+    let (mut scale, mut used) = (0f32, 0u32);
+    for e in embeddings.iter().filter(|e| e.len() == dim) {
+        let n = norm(e);
+        if !(n.is_finite() && n > 0.0) {
+            continue;
+        }
+        sum.iter_mut().zip(e).for_each(|(s, x)| *s += x / n);
+        scale += n;
+        used += 1;
+    }
+    let n = norm(&sum);
+    if used == 0 || !(n.is_finite() && n > 0.0) {
+        return vec![0.0; dim];
+    }
+    let scale = scale / used as f32;
+    sum.iter_mut().for_each(|s| *s = *s / n * scale);
+    sum
 }
 
 #[cfg(test)]
@@ -201,5 +233,42 @@ mod tests {
         assert!((s[0].cosine - 0.8).abs() < 1e-6);
         assert!(s[0].active && !s[1].active);
         assert_eq!(set.score(&[0.6, 0.8], Modality::Audio, "mic", 1).len(), 1);
+    }
+
+    #[test]
+    fn an_ensemble_of_identical_texts_is_exactly_the_one_text_embedding() {
+        let e = vec![3.0f32, -4.0, 12.0, 0.5];
+        let one = ensemble(std::slice::from_ref(&e), 4);
+        let two = ensemble(&[e.clone(), e.clone()], 4);
+        assert_eq!(one, two);
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((n(&one) - n(&e)).abs() < 1e-5, "keeps the tower's scale");
+        assert!(one.iter().zip(&e).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn an_ensemble_keeps_the_scale_and_scores_like_its_phrasings() {
+        // Two orthogonal phrasings with the text tower's scale 10: a plain mean has norm 7.07 and would score every
+        // window lower than a one-text prompt; the ensemble keeps norm 10 along their bisector.
+        let (a, b) = (vec![10.0f32, 0.0, 0.0], vec![0.0f32, 10.0, 0.0]);
+        let ens = ensemble(&[a.clone(), b.clone()], 3);
+        let norm: f32 = ens.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 10.0).abs() < 1e-4, "{norm}");
+        assert!((ens[0] - ens[1]).abs() < 1e-6 && ens[2] == 0.0);
+        // A window along the bisector: the ensemble beats either phrasing alone.
+        let set = PromptSet {
+            prompts: vec![
+                Prompt {
+                    embedding: ens,
+                    ..prompt("both", vec![], vec![])
+                },
+                prompt("other", vec![0.0, 0.0, 10.0], vec![]),
+            ],
+        };
+        let w = [0.707f32, 0.707, 0.0];
+        let s = set.score(&w, Modality::Audio, "mic", 2);
+        assert_eq!(s[0].label, "both");
+        assert!((s[0].cosine - 1.0).abs() < 1e-3, "{}", s[0].cosine);
+        assert_eq!(ensemble(&[vec![0.0; 3]], 3), vec![0.0; 3], "a zero vector is left out");
     }
 }

@@ -18,7 +18,8 @@ pub struct PromptConfig {
     /// The prompt.
     #[serde(default)]
     pub text: Option<String>,
-    /// Several phrasings; their embeddings are averaged.
+    /// Several phrasings, ensembled as CLIP does: each embedding normalised, averaged, normalised again (at the text
+    /// tower's scale), so two phrasings score like one.
     #[serde(default)]
     pub texts: Vec<String>,
     /// Modalities it applies to (default: every modality of the sources it applies to).
