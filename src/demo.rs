@@ -102,7 +102,7 @@ pub fn view_line(payload: &[u8]) -> Option<String> {
     let time = v["t1"].as_str().unwrap_or("").get(11..23).unwrap_or("");
     Some(format!(
         "{time}  {:<8} {:<7} #{:<4} {}   ({:.0} ms)",
-        v["source"].as_str().unwrap_or("?"),
+        v["sensor"].as_str().unwrap_or("?"),
         v["modality"].as_str().unwrap_or("?"),
         v["seq"].as_u64().unwrap_or(0),
         labels.join(" | "),
