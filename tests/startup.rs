@@ -113,3 +113,30 @@ fn issue_12_prompt_embedding_at_start_up_does_not_block_the_async_runtime() {
     // Before the fix the embedding ran inside the async function and the stop could only be seen after it.
     assert!(took < Duration::from_secs(4), "stopping took {took:?}");
 }
+
+/// A source that cannot start once the publisher runs (a replay folder with no files): the daemon stops what it
+/// started, says `offline` on the broker, and exits 1 naming the source.
+#[test]
+fn a_source_that_cannot_start_stops_the_rest_and_says_why() {
+    let broker = common::Mosquitto::start();
+    let sub = common::Subscriber::start(broker.port, "sensebind/broken/#");
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let rest = format!(
+        "[[sources]]\ntype = \"synthetic\"\nname = \"imu0\"\nmodality = \"imu\"\n\
+         [[sources]]\ntype = \"replay\"\nname = \"rec\"\nmodality = \"audio\"\npaths = [{}]\n",
+        common::toml_str(&empty)
+    );
+    let config = daemon_config("broken", &broker.url(), &tmp.path().join("state"), &rest);
+    let mut d = Daemon::start(tmp.path(), "broken", &config, &[]);
+    let status = d.wait(Duration::from_secs(60)).expect("exits");
+    assert_eq!(status.code(), Some(1), "{}", d.log());
+    assert!(d.log().contains("no files to replay"), "{}", d.log());
+    assert!(!d.log().contains("Still running"), "{}", d.log());
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| common::said_offline(m, "broken")),
+        "no offline on the broker: {:?}",
+        sub.snapshot().iter().map(|r| r.topic.clone()).collect::<Vec<_>>()
+    );
+}

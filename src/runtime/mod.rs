@@ -233,6 +233,18 @@ pub async fn run(
             }
         };
     }
+    // A stage that cannot start after the publisher runs: shut down what runs (offline is said), then fail.
+    macro_rules! or_fail {
+        ($step:expr) => {
+            match $step {
+                Ok(out) => out,
+                Err(e) => {
+                    running.shutdown(options.shutdown_timeout, true).await;
+                    return Err(e);
+                }
+            }
+        };
+    }
     let encoders = or_stopped!(stages::load_encoders(loaded, &plan, options))?;
     let cache = PromptCache::with_capacity(plan.state_dir.as_deref(), cfg.runtime.prompt_cache_entries);
     metrics.prompt_cache_evictions = cache.evictions();
@@ -269,11 +281,16 @@ pub async fn run(
         scored: &scored_tx,
         control: &control_stats,
     };
-    let (queues, workers) = stages::start_encoders(loaded, &plan, &setup, &mut metrics)?;
+    let (queues, workers) = or_fail!(stages::start_encoders(loaded, &plan, &setup, &mut metrics));
     running.queues = queues.values().cloned().collect();
     running.workers = workers;
     drop(scored_tx);
-    let (sources, all_done) = stages::start_sources(loaded, encoders.tokenizer.clone(), &queues, &mut metrics)?;
+    let (sources, all_done) = or_fail!(stages::start_sources(
+        loaded,
+        encoders.tokenizer.clone(),
+        &queues,
+        &mut metrics
+    ));
     let controller = Controller::new(ControllerSetup {
         device: cfg.device.id.clone(),
         device_name: cfg.device.name.clone().unwrap_or_else(|| cfg.device.id.clone()),

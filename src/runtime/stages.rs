@@ -319,71 +319,91 @@ pub fn start_sources(
         tokenizer,
     };
     for sc in &cfg.sources {
-        let (name, modality) = (sc.name().to_owned(), sc.modality());
-        let built = sc.build(&BuildContext {
-            base: &loaded.base,
-            preprocess: &cfg.preprocess,
-            ring_secs: cfg.runtime.ring_secs,
-            ring_max_bytes: cfg.runtime.ring_max_bytes,
-        })?;
-        // Overflow policy of the ring: the oldest sample is dropped and counted (ring.rs).
-        let (producer, consumer) = ring(built.ring_capacity);
-        let counters = Arc::new(SourceCounters {
-            source: Arc::new(SourceStats::default()),
-            ring: Arc::clone(producer.stats()),
-            ..SourceCounters::default()
-        });
-        metrics.sources.insert(name.clone(), Arc::clone(&counters));
-        let enabled = Arc::new(AtomicBool::new(true));
-        let spec = sc.window();
-        stages.sensors.push(SensorInfo {
-            name: name.clone(),
-            modality,
-            window_secs: spec.window_secs,
-            hop_secs: spec.hop_secs,
-            stats: Arc::clone(&counters.source),
-            enabled: Arc::clone(&enabled),
-        });
-        let source_done = Arc::new(AtomicBool::new(false));
-        let stage = WindowStage {
-            name: Arc::from(name.as_str()),
-            modality,
-            spec,
-            consumer,
-            prepare: prepare_cx.clone(),
-            queue: queues
-                .get(&modality)
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("no queue for {modality}"))?,
-            counters: Arc::clone(&counters),
-            source_done: Arc::clone(&source_done),
-            enabled,
-        };
-        let (window_tracked, window_guard) = Tracked::new(format!("window-{name}"));
-        let window_thread = std::thread::Builder::new()
-            .name(format!("window-{name}"))
-            .spawn(move || {
-                let _running = window_guard;
-                stage.run();
-            })
-            .with_context(|| format!("cannot start thread window-{name}"))?;
-        stages.windows.push(window_tracked);
-        let wake = window_thread.thread().clone();
-        let mut out = SourceOutput::new(producer, Some(wake.clone()), Arc::clone(&counters.source));
-        let (sstop, sname, done) = (stop.clone(), name.clone(), done_tx.clone());
-        let mut source = built.source;
-        stages.sources.push(spawn_named(format!("source-{name}"), move || {
-            let _counted = done;
-            if let Err(e) = source.run(&mut out, &sstop) {
-                tracing::error!(component_id = %sname, error = %e, "Source stopped.");
-            } else {
-                tracing::info!(component_id = %sname, "Source finished.");
-            }
-            source_done.store(true, Ordering::SeqCst);
-            wake.unpark();
-        })?);
+        // A source that cannot start stops those already started (their threads end by themselves).
+        if let Err(e) = start_source(loaded, sc, &prepare_cx, queues, metrics, &mut stages, &done_tx) {
+            stages.stop.raise();
+            return Err(e);
+        }
     }
     Ok((stages, all_done))
+}
+
+/// Starts one source on its thread with its window stage; adds them to `stages`.
+fn start_source(
+    loaded: &LoadedConfig,
+    sc: &crate::sources::config::SourceConfig,
+    prepare_cx: &PrepareContext,
+    queues: &WindowQueues,
+    metrics: &mut Metrics,
+    stages: &mut SourceStages,
+    done_tx: &tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<()> {
+    let cfg = &loaded.config;
+    let stop = stages.stop.clone();
+    let (name, modality) = (sc.name().to_owned(), sc.modality());
+    let built = sc.build(&BuildContext {
+        base: &loaded.base,
+        preprocess: &cfg.preprocess,
+        ring_secs: cfg.runtime.ring_secs,
+        ring_max_bytes: cfg.runtime.ring_max_bytes,
+    })?;
+    // Overflow policy of the ring: the oldest sample is dropped and counted (ring.rs).
+    let (producer, consumer) = ring(built.ring_capacity);
+    let counters = Arc::new(SourceCounters {
+        source: Arc::new(SourceStats::default()),
+        ring: Arc::clone(producer.stats()),
+        ..SourceCounters::default()
+    });
+    metrics.sources.insert(name.clone(), Arc::clone(&counters));
+    let enabled = Arc::new(AtomicBool::new(true));
+    let spec = sc.window();
+    stages.sensors.push(SensorInfo {
+        name: name.clone(),
+        modality,
+        window_secs: spec.window_secs,
+        hop_secs: spec.hop_secs,
+        stats: Arc::clone(&counters.source),
+        enabled: Arc::clone(&enabled),
+    });
+    let source_done = Arc::new(AtomicBool::new(false));
+    let stage = WindowStage {
+        name: Arc::from(name.as_str()),
+        modality,
+        spec,
+        consumer,
+        prepare: prepare_cx.clone(),
+        queue: queues
+            .get(&modality)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no queue for {modality}"))?,
+        counters: Arc::clone(&counters),
+        source_done: Arc::clone(&source_done),
+        enabled,
+    };
+    let (window_tracked, window_guard) = Tracked::new(format!("window-{name}"));
+    let window_thread = std::thread::Builder::new()
+        .name(format!("window-{name}"))
+        .spawn(move || {
+            let _running = window_guard;
+            stage.run();
+        })
+        .with_context(|| format!("cannot start thread window-{name}"))?;
+    stages.windows.push(window_tracked);
+    let wake = window_thread.thread().clone();
+    let mut out = SourceOutput::new(producer, Some(wake.clone()), Arc::clone(&counters.source));
+    let (sstop, sname, done) = (stop.clone(), name.clone(), done_tx.clone());
+    let mut source = built.source;
+    stages.sources.push(spawn_named(format!("source-{name}"), move || {
+        let _counted = done;
+        if let Err(e) = source.run(&mut out, &sstop) {
+            tracing::error!(component_id = %sname, error = %e, "Source stopped.");
+        } else {
+            tracing::info!(component_id = %sname, "Source finished.");
+        }
+        source_done.store(true, Ordering::SeqCst);
+        wake.unpark();
+    })?);
+    Ok(())
 }
 
 /// One source's window stage: drains its ring, cuts windows, preprocesses them, queues them for the encoder.
