@@ -133,11 +133,6 @@ impl PromptCache {
         self.slots.is_empty()
     }
 
-    /// The most entries kept.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Entries evicted since the cache was opened (shared with `stats`).
     pub fn evictions(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.evictions)

@@ -38,7 +38,7 @@ use crate::config::LoadedConfig;
 use crate::control::{ControlStats, Controller, ControllerSetup};
 use crate::labels::PromptCache;
 use crate::publish::mqtt::MqttStats;
-use crate::publish::{OutMessage, Outbox, OutboxLimits};
+use crate::publish::{OutMessage, Outbox};
 pub use metrics::{Metrics, SourceCounters};
 use plan::Plan;
 use stages::{EncoderSetup, Publisher, SourceStages};
@@ -97,6 +97,13 @@ struct Running {
 }
 
 impl Running {
+    /// `STATUS=…` for systemd, when run by it.
+    fn status(&self, text: &str) {
+        if let Some(n) = &self.notifier {
+            n.status(text);
+        }
+    }
+
     /// Nothing started yet.
     fn new(started: Instant, device: String, stats_topic: String, outbox: &Arc<Outbox>) -> Self {
         Self {
@@ -200,12 +207,7 @@ pub async fn run(
         "Starting sensebind."
     );
     let plan = Plan::new(loaded)?;
-    let outbox = Arc::new(Outbox::new(OutboxLimits {
-        state: 1000,
-        events: cfg.mqtt.queue_events,
-        telemetry: cfg.mqtt.queue_messages,
-        embeddings: cfg.mqtt.queue_embeddings,
-    }));
+    let outbox = stages::outbox(&cfg.mqtt);
     let mqtt_stats = Arc::new(MqttStats::default());
     let control_stats = Arc::new(ControlStats::default());
     let mut metrics = Metrics {
@@ -216,9 +218,7 @@ pub async fn run(
     };
     let mut running = Running::new(started, cfg.device.id.clone(), plan.topics.stats(), &outbox);
     running.notifier = options.notifier.clone();
-    if let Some(n) = &running.notifier {
-        n.status("Loading models");
-    }
+    running.status("Loading models");
     macro_rules! or_stopped {
         ($step:expr) => {
             match stop.unless_stopped($step).await {
@@ -291,40 +291,27 @@ pub async fn run(
         &queues,
         &mut metrics
     ));
-    let controller = Controller::new(ControllerSetup {
-        device: cfg.device.id.clone(),
-        device_name: cfg.device.name.clone().unwrap_or_else(|| cfg.device.id.clone()),
-        topics: plan.topics.clone(),
-        mqtt: cfg.mqtt.clone(),
-        events: cfg.events.clone(),
-        top_k: cfg.runtime.top_k,
-        sensors: sources.sensors.clone(),
-        models: encoders.info.clone(),
-        prompts: Arc::clone(&prompts),
-        text: encoders.text.clone(),
-        cache,
-        state: plan.state,
-        config_prompts_hash: plan.config_prompts_hash.clone(),
-        prompts_origin: plan.prompts_origin,
-        outbox: Arc::clone(&outbox),
-        stats: Arc::clone(&control_stats),
-    });
+    let controller = controller(
+        loaded,
+        plan,
+        sources.sensors.clone(),
+        &encoders,
+        (&prompts, cache),
+        (&outbox, &control_stats),
+    );
     running.controller = Some(tokio::spawn(controller.run(scored_rx, command_rx)));
     let n_sources = sources.sources.len();
     running.sources = Some(sources);
     let metrics = Arc::new(metrics);
     running.metrics = Arc::clone(&metrics);
-    if cfg.runtime.stats_interval_secs > 0.0 {
-        let every = Duration::from_secs_f64(cfg.runtime.stats_interval_secs);
-        running.stats = Some(stages::start_stats(
-            &metrics,
-            &outbox,
-            running.stats_topic.clone(),
-            &cfg.device.id,
-            every,
-            started,
-        ));
-    }
+    running.stats = stages::start_stats(
+        &metrics,
+        &outbox,
+        running.stats_topic.clone(),
+        &cfg.device.id,
+        cfg.runtime.stats_interval_secs,
+        started,
+    );
     tracing::info!(
         sources = n_sources,
         encoders = running.workers.len(),
@@ -370,4 +357,34 @@ fn start_watchdog(
     tokio::spawn(systemd::watch(Arc::clone(notifier), progress, move || {
         mqtt_enabled.then(|| connected.connected.load(std::sync::atomic::Ordering::Relaxed))
     }))
+}
+
+/// The controller for the started pipeline.
+fn controller(
+    loaded: &LoadedConfig,
+    plan: Plan,
+    sensors: Vec<crate::control::SensorInfo>,
+    encoders: &stages::Encoders,
+    (prompts, cache): (&Arc<RwLock<Arc<crate::labels::PromptSet>>>, PromptCache),
+    (outbox, stats): (&Arc<Outbox>, &Arc<ControlStats>),
+) -> Controller {
+    let cfg = &loaded.config;
+    Controller::new(ControllerSetup {
+        device: cfg.device.id.clone(),
+        device_name: cfg.device.name.clone().unwrap_or_else(|| cfg.device.id.clone()),
+        topics: plan.topics,
+        mqtt: cfg.mqtt.clone(),
+        events: cfg.events.clone(),
+        top_k: cfg.runtime.top_k,
+        sensors,
+        models: encoders.info.clone(),
+        prompts: Arc::clone(prompts),
+        text: encoders.text.clone(),
+        cache,
+        state: plan.state,
+        config_prompts_hash: plan.config_prompts_hash,
+        prompts_origin: plan.prompts_origin,
+        outbox: Arc::clone(outbox),
+        stats: Arc::clone(stats),
+    })
 }

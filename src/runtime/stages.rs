@@ -469,17 +469,32 @@ impl WindowStage {
     }
 }
 
-/// Starts the stats task: a `stats` message every `every`.
+/// The outbox in front of the publisher: one bounded queue per class, each dropping its oldest message when full
+/// (counted per class); state is bounded at 1000 retained topics.
+pub fn outbox(mqtt: &crate::publish::config::MqttConfig) -> Arc<Outbox> {
+    Arc::new(Outbox::new(crate::publish::OutboxLimits {
+        state: 1000,
+        events: mqtt.queue_events,
+        telemetry: mqtt.queue_messages,
+        embeddings: mqtt.queue_embeddings,
+    }))
+}
+
+/// Starts the stats task: a `stats` message every `interval_secs` (none for 0).
 pub fn start_stats(
     metrics: &Arc<Metrics>,
     outbox: &Arc<Outbox>,
     topic: String,
     device: &str,
-    every: Duration,
+    interval_secs: f64,
     started: Instant,
-) -> tokio::task::JoinHandle<()> {
+) -> Option<tokio::task::JoinHandle<()>> {
+    if interval_secs <= 0.0 {
+        return None;
+    }
+    let every = Duration::from_secs_f64(interval_secs);
     let (m, ob, t, device) = (Arc::clone(metrics), Arc::clone(outbox), topic, device.to_owned());
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
@@ -489,5 +504,5 @@ pub fn start_stats(
                 ob.push(OutMessage::telemetry(t.clone(), payload, 0));
             }
         }
-    })
+    }))
 }

@@ -97,7 +97,6 @@ fn socket_addr(socket: &std::path::Path) -> std::io::Result<std::os::unix::net::
 #[derive(Debug)]
 pub struct Progress {
     sensors: Vec<Watched>,
-    floor: Duration,
 }
 
 #[derive(Debug)]
@@ -137,7 +136,6 @@ impl Progress {
                     since: now,
                 })
                 .collect(),
-            floor,
         }
     }
 
@@ -167,11 +165,6 @@ impl Progress {
         } else {
             Health::Stalled(stalled)
         }
-    }
-
-    /// The shortest time a sensor may go without a scored window.
-    pub fn floor(&self) -> Duration {
-        self.floor
     }
 }
 
