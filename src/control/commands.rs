@@ -375,7 +375,7 @@ impl Controller {
             self.reject(Rejection::update(update.request_id, vec![e.into()]));
             return;
         };
-        let mut cache = std::mem::replace(&mut self.s.cache, PromptCache::open(None));
+        let mut cache = self.s.cache.take();
         let list = configs.clone();
         let handle = runtime.spawn_blocking(move || {
             let set = embed_prompts(&list, text.encoder.as_ref(), &text.sha256, &text.tokenizer, &mut cache);

@@ -3,7 +3,9 @@
 //!
 //! Texts arrive from the network (`prompts/set`, up to 256 new texts per update), so the cache is bounded: at
 //! most `capacity` entries (default 4096), the least recently used evicted first and counted. The file holds the
-//! same entries, oldest use first, so it is bounded too (about 4 KiB of JSON per 1024-d embedding).
+//! same entries, oldest use first, so it is bounded too (a 1024-d embedding is 4 KiB of floats in memory, more as
+//! JSON). The file is rewritten only when an entry was added; the use order of a run without new texts is kept in
+//! memory only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -79,6 +81,23 @@ impl PromptCache {
         cache
     }
 
+    /// Hands the cache over (to a blocking task) and leaves an empty one in its place with the same file,
+    /// capacity and eviction counter, so that if the task never gives the cache back (it panicked) the daemon goes
+    /// on with a bounded, persisted cache that only lacks the entries (they are embedded again when used). No I/O:
+    /// the caller may be on the async path.
+    pub fn take(&mut self) -> PromptCache {
+        let left = Self {
+            path: self.path.clone(),
+            capacity: self.capacity,
+            slots: HashMap::new(),
+            order: BTreeMap::new(),
+            clock: 0,
+            dirty: false,
+            evictions: Arc::clone(&self.evictions),
+        };
+        std::mem::replace(self, left)
+    }
+
     /// The key of `text` embedded by the text tower whose ONNX file has `model_sha`.
     pub fn key(model_sha: &str, text: &str) -> String {
         use sha2::{Digest, Sha256};
@@ -96,7 +115,6 @@ impl PromptCache {
         self.order.remove(&slot.last_use);
         slot.last_use = self.clock;
         self.order.insert(self.clock, key.to_owned());
-        self.dirty = true;
         Some(slot.embedding.clone())
     }
 
@@ -226,6 +244,26 @@ mod tests {
         );
         let oldest = PromptCache::key("sha", "text 0");
         assert!(again.get(&oldest).is_none());
+    }
+
+    #[test]
+    fn a_taken_cache_leaves_an_empty_bounded_one_on_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = PromptCache::with_capacity(Some(dir.path()), 2);
+        c.insert("saved".into(), emb(1));
+        c.save().unwrap();
+        c.insert("unsaved".into(), emb(2));
+        c.insert("third".into(), emb(3));
+        let taken = c.take();
+        assert_eq!(taken.len(), 2);
+        assert!(c.is_empty(), "no entries, and the file was not read");
+        c.insert("x".into(), emb(4));
+        c.insert("y".into(), emb(5));
+        c.insert("z".into(), emb(6));
+        assert_eq!(c.len(), 2, "same capacity");
+        assert_eq!(taken.evictions().load(Ordering::Relaxed), 2, "one shared counter");
+        c.save().unwrap();
+        assert_eq!(PromptCache::with_capacity(Some(dir.path()), 9).len(), 2, "same file");
     }
 
     #[test]
