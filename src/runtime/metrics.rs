@@ -46,6 +46,21 @@ pub struct Metrics {
     pub control: Arc<ControlStats>,
     /// Prompt embeddings evicted from the bounded prompt cache.
     pub prompt_cache_evictions: Arc<AtomicU64>,
+    /// Configuration reloads.
+    pub reloads: Arc<ReloadStats>,
+}
+
+/// Configuration reloads (SIGHUP, `systemctl reload`, the `reload` command).
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Reloads applied (the file was valid).
+    pub applied_total: AtomicU64,
+    /// Reloads refused (the file was invalid; the last good configuration kept running).
+    pub rejected_total: AtomicU64,
+    /// Sources restarted by reloads.
+    pub sources_restarted_total: AtomicU64,
+    /// Duration of the last applied reload, from the request to the new configuration live, milliseconds.
+    pub last_duration_ms: AtomicU64,
 }
 
 impl Metrics {
