@@ -478,6 +478,28 @@ fn install_signals(rt: &tokio::runtime::Runtime) -> anyhow::Result<impl Future<O
     }
 }
 
+/// Watches SIGHUP from now on (before the configuration is read, so a SIGHUP during start-up is a reload once the
+/// pipeline runs, never the default action that kills the process); each one notifies the returned `Notify`.
+fn install_reload_signal(rt: &tokio::runtime::Runtime) -> anyhow::Result<std::sync::Arc<tokio::sync::Notify>> {
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _context = rt.enter();
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let n = std::sync::Arc::clone(&notify);
+        rt.spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: the configuration will be reloaded.");
+                n.notify_one();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = rt;
+    Ok(notify)
+}
+
 /// Ends the runtime without waiting for blocking work abandoned at a stop during start-up (a tower still
 /// loading): the process is exiting.
 fn close_runtime(rt: tokio::runtime::Runtime) {
@@ -496,6 +518,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<u8> {
 fn run_daemon(args: &RunArgs) -> anyhow::Result<u8> {
     let rt = tokio_runtime()?;
     let stop = install_signals(&rt)?;
+    let reload = install_reload_signal(&rt)?;
     let loaded = match crate::config::load(&args.config) {
         Ok(l) => l,
         Err(e) => {
@@ -509,6 +532,7 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<u8> {
         duration: secs(args.duration, "--duration")?,
         encoder_delay: None,
         notifier: crate::runtime::systemd::Notifier::from_env().map(std::sync::Arc::new),
+        reload_signal: Some(reload),
     };
     let summary = rt.block_on(crate::runtime::run(&loaded, &options, stop));
     close_runtime(rt);

@@ -326,7 +326,8 @@ text = "a person walking"
         .unwrap();
     assert!(summary.stragglers.is_empty(), "{:?}", summary.stragglers);
     let m = &summary.metrics;
-    let src = &m.sources["fast"];
+    let sources = m.sources();
+    let src = &sources["fast"];
     let enc = &m.encoders[&sensebind::modality::Modality::Imu];
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let windows = r(&src.windows_total);

@@ -157,18 +157,31 @@ fn info() -> payloads::InfoMessage {
 #[test]
 fn info_config_state_and_prompts_state_match_their_schemas() {
     check("info.schema.json", &info());
+    let file = payloads::FileState {
+        config_hash: "ab".repeat(32),
+        restarted: vec!["imu1".into()],
+        pending_restart: vec!["device.name".into()],
+    };
+    let input = |source, request_id| payloads::ConfigStateInput {
+        rev: 1,
+        source,
+        request_id,
+        prompts: 2,
+        file: &file,
+    };
     for origin in [
         PromptsOrigin::Config,
         PromptsOrigin::StateFile,
         PromptsOrigin::PromptsSet,
+        PromptsOrigin::Reload,
     ] {
         check(
             "config-state.schema.json",
-            &payloads::config_state(1, Ok(()), origin, None, 2, ts()),
+            &payloads::config_state(input(origin, None), Ok(()), ts()),
         );
     }
     let errors = ["upsert[0].text: text 0 is empty".to_owned()];
-    let rejected = payloads::config_state(1, Err(&errors), PromptsOrigin::PromptsSet, Some("r-1"), 2, ts());
+    let rejected = payloads::config_state(input(PromptsOrigin::PromptsSet, Some("r-1")), Err(&errors), ts());
     check("config-state.schema.json", &rejected);
     let config = PromptConfig::new("walking", "a person walking");
     let set = PromptSet::new(vec![Prompt {
@@ -195,6 +208,12 @@ fn command_responses_of_every_result_match_their_schema() {
         CmdResult::Enabled { enabled: "OFF" },
         CmdResult::Republished { republished: 12 },
         CmdResult::Info(Box::new(info())),
+        CmdResult::Reloaded {
+            config_hash: "ab".repeat(32),
+            restarted: vec!["imu1".into()],
+            pending_restart: vec![],
+            prompts: 3,
+        },
     ];
     for result in results {
         check(
@@ -219,10 +238,13 @@ fn discovery_with_entities_and_removals_matches_its_schema_and_maps_every_sensor
         labels: vec![("walking".into(), "motion".into())],
         removed: vec!["running".into()],
         sensors: vec!["imu0".into()],
+        removed_sensors: vec!["imu1".into()],
     });
     check("ha-discovery.schema.json", &d);
     let v = serde_json::to_value(&d).unwrap();
     assert_eq!(v["cmps"]["label-running"], serde_json::json!({"p": "binary_sensor"}));
+    assert_eq!(v["cmps"]["sensor-imu1"], serde_json::json!({"p": "binary_sensor"}));
+    assert_eq!(v["cmps"]["sensor_switch-imu1"], serde_json::json!({"p": "switch"}));
     let sensor = &v["cmps"]["sensor-imu0"];
     assert_eq!(sensor["val_tpl"], payloads::SENSOR_STATUS_TEMPLATE);
     assert_eq!(

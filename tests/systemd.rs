@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Daemon, FAST_IMU, offline_config, root, toml_str};
+use common::{Daemon, FAST_IMU, Listener, longest_gap, offline_config, root, toml_str};
 
 /// The unit with its binary paths pointing at this build (`verify` checks that ExecStart exists).
 fn unit_copy(dir: &Path) -> PathBuf {
@@ -63,59 +62,6 @@ fn the_unit_verifies_without_a_word_and_is_hardened() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("cannot read {line:?}"));
     assert!(score <= 3.0, "exposure {score} > 3.0: {line}");
-}
-
-/// Datagrams received on a notification socket, with when they came.
-struct Listener {
-    socket: UnixDatagram,
-    path: PathBuf,
-    got: Vec<(Instant, String)>,
-}
-
-impl Listener {
-    fn bind(dir: &Path) -> Self {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        Listener {
-            socket,
-            path,
-            got: Vec::new(),
-        }
-    }
-
-    /// Reads for `secs`, or until a message contains `until`.
-    fn read(&mut self, within: Duration, until: &str) -> bool {
-        let end = Instant::now() + within;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < end {
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let done = text.contains(until);
-                self.got.push((Instant::now(), text));
-                if done {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    fn pings_after(&self, from: Instant) -> Vec<Instant> {
-        self.got
-            .iter()
-            .filter(|(t, m)| *t >= from && m.contains("WATCHDOG=1"))
-            .map(|(t, _)| *t)
-            .collect()
-    }
-
-    fn first(&self, what: &str) -> Option<Instant> {
-        self.got.iter().find(|(_, m)| m.contains(what)).map(|(t, _)| *t)
-    }
-}
-
-fn longest_gap(times: &[Instant]) -> Duration {
-    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
 }
 
 #[test]
@@ -203,6 +149,7 @@ fn watchdog_pings_stop_while_the_pipeline_is_stalled() {
         // Every window takes 3 s to embed: far beyond the stall limit (2 × 0.5 s + 4 × 0.1 s = 1.4 s).
         encoder_delay: Some(Duration::from_secs(3)),
         notifier: Some(Arc::new(notifier)),
+        reload_signal: None,
     };
     let run = common::spawn_named(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()

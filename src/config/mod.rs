@@ -164,6 +164,8 @@ pub struct LoadedConfig {
     pub file: PathBuf,
     /// Its folder (relative paths are resolved against it).
     pub base: PathBuf,
+    /// sha256 of the file's text, hex (`config/state.config_hash`: which file a daemon runs).
+    pub sha256: String,
 }
 
 impl LoadedConfig {
@@ -251,6 +253,10 @@ pub fn parse_with(text: &str, file: &Path, base: &Path, options: CheckOptions) -
         config: partial,
         file: file.to_path_buf(),
         base: base.to_path_buf(),
+        sha256: {
+            use sha2::{Digest, Sha256};
+            crate::util::hex(&Sha256::digest(text.as_bytes()))
+        },
     };
     // Validate whatever did deserialise, so one bad section does not hide the others' mistakes.
     validate::validate(&loaded.config, &parsed, &mut found);
@@ -271,11 +277,7 @@ pub fn parse_with(text: &str, file: &Path, base: &Path, options: CheckOptions) -
         .collect();
     issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
     match config {
-        Some(config) if issues.is_empty() => Ok(LoadedConfig {
-            config,
-            file: file.to_path_buf(),
-            base: base.to_path_buf(),
-        }),
+        Some(config) if issues.is_empty() => Ok(LoadedConfig { config, ..loaded }),
         _ => Err(fail(issues)),
     }
 }

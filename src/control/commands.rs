@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::Controller;
 use super::payloads::{self, CmdResult, PromptsOrigin};
+use super::reload::{RELOAD_QUEUE, ReloadOrigin, ReloadRequest};
 use crate::events::EndReason;
 use crate::labels::{PromptCache, PromptError, PromptSet, embed_prompts};
 use crate::labels::{PromptConfig, check_prompt};
@@ -41,6 +42,38 @@ pub struct PromptUpdate {
     rev_expected: Option<u64>,
     #[serde(default)]
     request_id: Option<String>,
+    /// Set when the update comes from a configuration reload (the file's prompts), not from `prompts/set`.
+    #[serde(skip)]
+    pub(super) reload: Option<ReloadRequest>,
+}
+
+impl PromptUpdate {
+    /// The update that turns `current` into exactly `wanted`: prompts that are new or differ are upserted, prompts
+    /// no longer wanted are deleted.
+    fn replace_all(current: &PromptSet, wanted: Vec<PromptConfig>) -> Self {
+        let delete = current
+            .prompts()
+            .iter()
+            .filter(|p| !wanted.iter().any(|w| w.id == p.id))
+            .map(|p| p.id.clone())
+            .collect();
+        let upsert = wanted
+            .into_iter()
+            .filter(|w| !current.prompts().iter().any(|p| p.id == w.id && p.config == *w))
+            .collect();
+        Self {
+            upsert,
+            delete,
+            rev_expected: None,
+            request_id: None,
+            reload: None,
+        }
+    }
+
+    /// Nothing to upsert or delete.
+    fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.delete.is_empty()
+    }
 }
 
 /// A `cmd` request.
@@ -77,6 +110,11 @@ pub enum Command {
     },
     /// `cmd` `get_info`.
     GetInfo {
+        /// Echoed.
+        request_id: Option<String>,
+    },
+    /// `cmd` `reload`: the configuration file is read again.
+    Reload {
         /// Echoed.
         request_id: Option<String>,
     },
@@ -182,8 +220,9 @@ fn parse_cmd(payload: &[u8]) -> Result<Command, Rejection> {
         _ if !no_args => Err(Rejection::new(label, request_id, format!("{} takes no args", cmd.cmd))),
         "rebirth" => Ok(Command::Rebirth { request_id }),
         "get_info" => Ok(Command::GetInfo { request_id }),
+        "reload" => Ok(Command::Reload { request_id }),
         other => {
-            let e = format!("unknown command {other:?}; known: rebirth, get_info");
+            let e = format!("unknown command {other:?}; known: rebirth, get_info, reload");
             Err(Rejection::new(label, request_id, e))
         }
     }
@@ -243,6 +282,26 @@ impl Controller {
         }
     }
 
+    /// A reload's prompts: the active set becomes exactly `wanted` (embedded like a `prompts/set` update); the
+    /// reload is done once it is live.
+    pub(super) fn replace_prompts(&mut self, wanted: Vec<PromptConfig>, request: ReloadRequest) {
+        let mut update = PromptUpdate::replace_all(&self.prompts(), wanted);
+        if update.is_empty() {
+            self.reload_done(&request);
+        } else {
+            update.reload = Some(request);
+            self.queue_prompt_update(update);
+        }
+    }
+
+    /// Refuses a prompt update: one from a reload is reported as the reload's failure.
+    fn reject_update(&mut self, update: PromptUpdate, errors: Vec<String>) {
+        match update.reload {
+            Some(request) => self.on_reload(super::reload::Reload::Rejected { request, errors }),
+            None => self.reject(Rejection::update(update.request_id, errors)),
+        }
+    }
+
     fn reject(&mut self, r: Rejection) {
         if r.prompt_update {
             self.s
@@ -279,6 +338,25 @@ impl Controller {
                 self.respond("cmd/get_info", request_id.as_deref(), Ok(CmdResult::Info(info)));
             }
             Command::SetEnabled { switch, name, on } => self.set_enabled(switch, &name, on),
+            Command::Reload { request_id } => self.request_reload(request_id),
+        }
+    }
+
+    /// Hands a `cmd` `reload` to the supervisor, which answers through [`Controller::on_reload`].
+    fn request_reload(&mut self, request_id: Option<String>) {
+        let request = ReloadRequest::new(ReloadOrigin::Command, request_id);
+        let refused = match &self.s.reload_requests {
+            None => Some("this daemon cannot reload (it was not started from a configuration file)".to_owned()),
+            Some(tx) => match tx.try_send(request.clone()) {
+                Ok(()) => None,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Some(format!(
+                    "{RELOAD_QUEUE} reloads are already waiting; send this one again once they are answered"
+                )),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Some("the daemon is stopping".to_owned()),
+            },
+        };
+        if let Some(e) = refused {
+            self.respond("cmd/reload", request.request_id.as_deref(), Err(vec![e]));
         }
     }
 
@@ -344,7 +422,7 @@ impl Controller {
             let e = format!(
                 "{MAX_QUEUED_UPDATES} prompt updates are already waiting for the one being embedded; send this one again once they are answered"
             );
-            self.reject(Rejection::update(update.request_id, vec![e]));
+            self.reject_update(update, vec![e]);
         } else {
             tracing::debug!(
                 waiting = self.queued.len() + 1,
@@ -358,7 +436,7 @@ impl Controller {
     fn start_prompt_update(&mut self, update: PromptUpdate) {
         let errors = self.check_update(&update);
         if !errors.is_empty() {
-            self.reject(Rejection::update(update.request_id, errors));
+            self.reject_update(update, errors);
             return;
         }
         // The new list: deletions, then upserts in place or appended.
@@ -372,7 +450,7 @@ impl Controller {
         }
         let (Some(text), Ok(runtime)) = (self.s.text.clone(), tokio::runtime::Handle::try_current()) else {
             let e = "the text tower is not loaded (start the daemon with at least one prompt in its configuration)";
-            self.reject(Rejection::update(update.request_id, vec![e.into()]));
+            self.reject_update(update, vec![e.into()]);
             return;
         };
         let mut cache = self.s.cache.take();
@@ -402,8 +480,8 @@ impl Controller {
             Err(e) => Err(format!("embedding the prompts failed: {e}")),
         };
         match set {
-            Ok(set) => self.apply_prompt_update(&p.update, p.configs, set),
-            Err(e) => self.reject(Rejection::update(p.update.request_id, vec![e])),
+            Ok(set) => self.apply_prompt_update(p.update, p.configs, set),
+            Err(e) => self.reject_update(p.update, vec![e]),
         }
         while self.pending.is_none() {
             let Some(next) = self.queued.pop_front() else { break };
@@ -416,12 +494,12 @@ impl Controller {
         let pending = self.pending.take().map(|p| p.update);
         for update in pending.into_iter().chain(std::mem::take(&mut self.queued)) {
             let e = "the daemon stopped before the update was applied".to_owned();
-            self.reject(Rejection::update(update.request_id, vec![e]));
+            self.reject_update(update, vec![e]);
         }
     }
 
     /// Events of changed and deleted prompts end (reload), then the new set replaces the old at once.
-    fn apply_prompt_update(&mut self, update: &PromptUpdate, configs: Vec<PromptConfig>, set: PromptSet) {
+    fn apply_prompt_update(&mut self, mut update: PromptUpdate, configs: Vec<PromptConfig>, set: PromptSet) {
         let changed: BTreeSet<String> = update
             .upsert
             .iter()
@@ -451,10 +529,16 @@ impl Controller {
             .prompt_updates_accepted_total
             .fetch_add(1, Ordering::Relaxed);
         self.save_state();
-        self.publish_prompt_update(update);
+        let reload = update.reload.take();
+        self.publish_prompt_update(&update, reload.is_none());
+        if let Some(request) = reload {
+            self.reload_done(&request);
+        }
     }
 
-    fn publish_prompt_update(&mut self, update: &PromptUpdate) {
+    /// The labels' retained topics, `prompts/state`, `info` and discovery after an update; for a `prompts/set`
+    /// (`answer`) also `config/state` and the `cmd/response`.
+    fn publish_prompt_update(&mut self, update: &PromptUpdate, answer: bool) {
         for id in &update.delete {
             self.label_on.remove(id);
             self.clear_label_topics(id);
@@ -469,7 +553,9 @@ impl Controller {
         }
         let rid = update.request_id.as_deref();
         self.publish_prompts_state();
-        self.publish_config_state(Ok(()), PromptsOrigin::PromptsSet, rid);
+        if answer {
+            self.publish_config_state(Ok(()), PromptsOrigin::PromptsSet, rid);
+        }
         self.publish_info();
         self.publish_discovery();
         let (rev, prompts) = (self.s.state.state.config_rev, self.prompts().prompts().len());
@@ -480,6 +566,9 @@ impl Controller {
             prompts,
             "Prompt update applied."
         );
+        if !answer {
+            return;
+        }
         let result = CmdResult::PromptsSet {
             rev,
             upserted: update.upsert.iter().map(|u| u.id.clone()).collect(),

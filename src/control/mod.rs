@@ -20,6 +20,7 @@
 
 pub mod commands;
 pub mod payloads;
+pub mod reload;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -43,6 +44,7 @@ use payloads::{
     EventEnd, EventFacts, EventSubject, EventType, ModelInfo, PromptsOrigin, Publisher, SensorStatus, WindowCause,
     WindowTimes,
 };
+pub use reload::{Applied, Reload, ReloadOrigin, ReloadRequest, ReloadStats};
 use state::StateWriter;
 pub use state::{OpenEvent, RuntimeState, StateFile, prompts_hash};
 
@@ -155,6 +157,12 @@ pub struct ControllerSetup {
     pub outbox: Arc<Outbox>,
     /// Counters.
     pub stats: Arc<ControlStats>,
+    /// sha256 of the configuration file.
+    pub config_hash: String,
+    /// Where a `cmd` `reload` goes (the supervisor); `None`: this daemon cannot reload.
+    pub reload_requests: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+    /// Reload counters.
+    pub reloads: Arc<ReloadStats>,
 }
 
 /// A (sensor, label) pair's event tracker.
@@ -182,6 +190,10 @@ pub struct Controller {
     pending: Option<commands::PendingUpdate>,
     /// Prompt updates waiting for it (at most [`commands::MAX_QUEUED_UPDATES`]; more are rejected).
     queued: VecDeque<commands::PromptUpdate>,
+    /// Sensors removed by reloads (their Home Assistant entities are removed).
+    removed_sensors: BTreeSet<String>,
+    /// The configuration file running and what the last reload did.
+    file: payloads::FileState,
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -206,6 +218,11 @@ impl Controller {
         Self {
             models: s.models.clone(),
             writer: StateWriter::spawn(s.state.path()),
+            file: payloads::FileState {
+                config_hash: s.config_hash.clone(),
+                ..payloads::FileState::default()
+            },
+            removed_sensors: BTreeSet::new(),
             s,
             trackers: BTreeMap::new(),
             label_on: BTreeMap::new(),
@@ -216,6 +233,13 @@ impl Controller {
             pending: None,
             queued: VecDeque::new(),
         }
+    }
+
+    /// Sends `cmd` `reload` requests to `requests` (the supervisor).
+    #[must_use]
+    pub fn with_reloads(mut self, requests: tokio::sync::mpsc::Sender<ReloadRequest>) -> Self {
+        self.s.reload_requests = Some(requests);
+        self
     }
 
     /// Reads the time from `time` instead of the process clock (tests).
@@ -265,15 +289,17 @@ impl Controller {
     }
 
     /// Runs until the scored-window queue closes (every encoder worker finished); then ends every event.
+    /// `reloads` brings the outcomes of configuration reloads from the supervisor.
     pub async fn run(
         mut self,
         mut scored: tokio::sync::mpsc::Receiver<Scored>,
         mut commands: tokio::sync::mpsc::Receiver<Incoming>,
+        mut reloads: tokio::sync::mpsc::Receiver<Reload>,
     ) {
         self.publish_initial_state();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut commands_open = true;
+        let (mut commands_open, mut reloads_open) = (true, true);
         loop {
             tokio::select! {
                 w = scored.recv() => match w {
@@ -283,6 +309,10 @@ impl Controller {
                 c = commands.recv(), if commands_open => match c {
                     Some(c) => self.on_command(&c),
                     None => commands_open = false,
+                },
+                r = reloads.recv(), if reloads_open => match r {
+                    Some(r) => self.on_reload(r),
+                    None => reloads_open = false,
                 },
                 done = commands::embedded(&mut self.pending), if self.pending.is_some() => {
                     self.finish_prompt_update(done);
@@ -422,7 +452,17 @@ impl Controller {
     fn publish_config_state(&self, result: Result<(), &[String]>, origin: PromptsOrigin, request_id: Option<&str>) {
         let rev = self.s.state.state.config_rev;
         let prompts = self.prompts().prompts().len();
-        let payload = payloads::config_state(rev, result, origin, request_id, prompts, self.wall_ts());
+        let payload = payloads::config_state(
+            payloads::ConfigStateInput {
+                rev,
+                source: origin,
+                request_id,
+                prompts,
+                file: &self.file,
+            },
+            result,
+            self.wall_ts(),
+        );
         self.push_retained(self.s.topics.config_state(), &payload);
     }
 
@@ -478,6 +518,12 @@ impl Controller {
                 .cloned()
                 .collect(),
             sensors: self.s.sensors.iter().map(|s| s.name.clone()).collect(),
+            removed_sensors: self
+                .removed_sensors
+                .iter()
+                .filter(|r| !self.s.sensors.iter().any(|s| s.name == **r))
+                .cloned()
+                .collect(),
         });
         let topic = format!("{}/device/{}/config", ha.discovery_prefix, self.s.device);
         self.push_retained(topic, &payload);
@@ -797,6 +843,9 @@ mod tests {
             prompts_origin: "config",
             outbox: Arc::clone(&outbox),
             stats: Arc::default(),
+            config_hash: "c0ffee".into(),
+            reload_requests: None,
+            reloads: Arc::default(),
         });
         (c, outbox)
     }
@@ -1176,7 +1225,8 @@ mod tests {
         c.s.text = Some(slow_text_tower(Duration::from_millis(1500)));
         let (scored_tx, scored_rx) = tokio::sync::mpsc::channel(8);
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(8);
-        let task = tokio::spawn(c.run(scored_rx, cmd_rx));
+        let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(c.run(scored_rx, cmd_rx, reload_rx));
         let update = br#"{"request_id": "r1", "upsert": [{"id": "running", "text": "a person running"}]}"#;
         let incoming = |p: &[u8]| Incoming {
             topic: "sensebind/dev/prompts/set".into(),

@@ -470,6 +470,9 @@ pub enum PromptsOrigin {
     /// A `prompts/set` update.
     #[serde(rename = "prompts/set")]
     PromptsSet,
+    /// A configuration reload (SIGHUP, `systemctl reload`, `cmd` `reload`).
+    #[serde(rename = "reload")]
+    Reload,
 }
 
 impl PromptsOrigin {
@@ -478,6 +481,7 @@ impl PromptsOrigin {
         match name {
             "state_file" => Self::StateFile,
             "prompts/set" => Self::PromptsSet,
+            "reload" => Self::Reload,
             _ => Self::Config,
         }
     }
@@ -502,15 +506,43 @@ pub struct ConfigStateMessage {
     pub errors: Vec<String>,
     /// Active prompts.
     pub prompts: usize,
+    /// sha256 of the configuration file running (a rejected reload leaves the last good one).
+    pub config_hash: String,
+    /// Sources the last reload restarted.
+    pub restarted: Vec<String>,
+    /// Settings changed in the file that take effect at the next start.
+    pub pending_restart: Vec<String>,
+}
+
+/// What `config/state` says about the configuration file (kept between reloads).
+#[derive(Debug, Clone, Default)]
+pub struct FileState {
+    /// sha256 of the file running.
+    pub config_hash: String,
+    /// Sources restarted by the last reload.
+    pub restarted: Vec<String>,
+    /// Settings changed in the file that wait for a restart.
+    pub pending_restart: Vec<String>,
+}
+
+/// What `config-state/1` reports besides the outcome.
+pub struct ConfigStateInput<'a> {
+    /// Revision.
+    pub rev: u64,
+    /// What made the change.
+    pub source: PromptsOrigin,
+    /// The request's id.
+    pub request_id: Option<&'a str>,
+    /// Active prompts.
+    pub prompts: usize,
+    /// The configuration file and the last reload.
+    pub file: &'a FileState,
 }
 
 /// Builds `config-state/1`.
 pub fn config_state(
-    rev: u64,
+    input: ConfigStateInput<'_>,
     result: Result<(), &[String]>,
-    source: PromptsOrigin,
-    request_id: Option<&str>,
-    prompts: usize,
     applied_at: String,
 ) -> ConfigStateMessage {
     let (status, errors) = match result {
@@ -519,13 +551,16 @@ pub fn config_state(
     };
     ConfigStateMessage {
         schema: CONFIG_STATE_SCHEMA,
-        rev,
+        rev: input.rev,
         status,
         applied_at,
-        source,
-        request_id: request_id.map(str::to_owned),
+        source: input.source,
+        request_id: input.request_id.map(str::to_owned),
         errors,
-        prompts,
+        prompts: input.prompts,
+        config_hash: input.file.config_hash.clone(),
+        restarted: input.file.restarted.clone(),
+        pending_restart: input.file.pending_restart.clone(),
     }
 }
 
@@ -670,6 +705,17 @@ pub enum CmdResult {
     },
     /// `get_info`.
     Info(Box<InfoMessage>),
+    /// `reload`.
+    Reloaded {
+        /// sha256 of the configuration file now running.
+        config_hash: String,
+        /// Sources stopped and started anew.
+        restarted: Vec<String>,
+        /// Settings that changed and take effect at the next start.
+        pending_restart: Vec<String>,
+        /// Active prompts now.
+        prompts: usize,
+    },
 }
 
 /// `cmd-response/1`.
@@ -840,6 +886,8 @@ pub struct DiscoveryInput<'a> {
     pub removed: Vec<String>,
     /// Sensor names.
     pub sensors: Vec<String>,
+    /// Sensors removed by a reload (their entities are removed).
+    pub removed_sensors: Vec<String>,
 }
 
 fn switch(device: &str, component: &str, name: String, cmd_t: String, stat_t: String) -> HaComponent {
@@ -893,6 +941,18 @@ pub fn discovery(d: DiscoveryInput<'_>) -> Discovery {
         );
         cmps.insert(
             format!("label_switch-{label}"),
+            HaComponent::Removed { p: Platform::Switch },
+        );
+    }
+    for sensor in d.removed_sensors {
+        cmps.insert(
+            format!("sensor-{sensor}"),
+            HaComponent::Removed {
+                p: Platform::BinarySensor,
+            },
+        );
+        cmps.insert(
+            format!("sensor_switch-{sensor}"),
             HaComponent::Removed { p: Platform::Switch },
         );
     }
@@ -1090,4 +1150,19 @@ pub struct StatsMessage {
     pub mqtt: MqttStatsEntry,
     /// Events and prompt updates.
     pub events: EventStatsEntry,
+    /// Configuration reloads.
+    pub reloads: ReloadStatsEntry,
+}
+
+/// `stats/1` `reloads`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatsEntry {
+    /// Reloads applied.
+    pub applied_total: u64,
+    /// Reloads refused (invalid file; the last good configuration kept running).
+    pub rejected_total: u64,
+    /// Sources restarted by reloads.
+    pub sources_restarted_total: u64,
+    /// The last applied reload, request to live, milliseconds.
+    pub last_duration_ms: u64,
 }

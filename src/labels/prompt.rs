@@ -10,7 +10,7 @@ use crate::modality::Modality;
 use crate::util::is_slug;
 
 /// One label: a prompt (or several phrasings of it) scored against windows.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromptConfig {
     /// Label id used in messages and topics: lower-case letters, digits, `_` and `-`; unique.

@@ -2,15 +2,17 @@
 //! the MQTT connection and outbox, the controller.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::worker::EncoderStats;
 use crate::clock;
 use crate::control::ControlStats;
+pub use crate::control::ReloadStats;
 use crate::control::payloads::{
-    EncoderStatsEntry, EventStatsEntry, MqttStatsEntry, PerClass, STATS_SCHEMA, SourceStatsEntry, StatsMessage,
+    EncoderStatsEntry, EventStatsEntry, MqttStatsEntry, PerClass, ReloadStatsEntry, STATS_SCHEMA, SourceStatsEntry,
+    StatsMessage,
 };
 use crate::modality::Modality;
 use crate::publish::mqtt::MqttStats;
@@ -34,8 +36,8 @@ pub struct SourceCounters {
 /// Everything the daemon counts; shared with stats and tests.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Per source.
-    pub sources: BTreeMap<String, Arc<SourceCounters>>,
+    /// Per source (a reload adds, replaces and removes sources).
+    pub sources: RwLock<BTreeMap<String, Arc<SourceCounters>>>,
     /// Per modality.
     pub encoders: BTreeMap<Modality, Arc<EncoderStats>>,
     /// The MQTT connection.
@@ -50,20 +52,31 @@ pub struct Metrics {
     pub reloads: Arc<ReloadStats>,
 }
 
-/// Configuration reloads (SIGHUP, `systemctl reload`, the `reload` command).
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    /// Reloads applied (the file was valid).
-    pub applied_total: AtomicU64,
-    /// Reloads refused (the file was invalid; the last good configuration kept running).
-    pub rejected_total: AtomicU64,
-    /// Sources restarted by reloads.
-    pub sources_restarted_total: AtomicU64,
-    /// Duration of the last applied reload, from the request to the new configuration live, milliseconds.
-    pub last_duration_ms: AtomicU64,
-}
-
 impl Metrics {
+    /// The sources' counters now.
+    pub fn sources(&self) -> BTreeMap<String, Arc<SourceCounters>> {
+        match self.sources.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Counts a source (anew, when a reload restarts it).
+    pub fn set_source(&self, name: &str, counters: Arc<SourceCounters>) {
+        match self.sources.write() {
+            Ok(mut s) => s.insert(name.to_owned(), counters),
+            Err(poisoned) => poisoned.into_inner().insert(name.to_owned(), counters),
+        };
+    }
+
+    /// Forgets a source a reload removed.
+    pub fn remove_source(&self, name: &str) {
+        match self.sources.write() {
+            Ok(mut s) => s.remove(name),
+            Err(poisoned) => poisoned.into_inner().remove(name),
+        };
+    }
+
     /// A snapshot as the stats payload.
     pub fn snapshot(&self, device: &str, uptime: Duration) -> StatsMessage {
         StatsMessage {
@@ -72,7 +85,7 @@ impl Metrics {
             ts: clock::rfc3339(std::time::SystemTime::now()),
             uptime_s: uptime.as_secs_f64(),
             sources: self
-                .sources
+                .sources()
                 .iter()
                 .map(|(name, c)| (name.clone(), source_entry(c)))
                 .collect(),
@@ -83,6 +96,12 @@ impl Metrics {
                 .collect(),
             mqtt: self.mqtt_entry(),
             events: control_entry(&self.control, &self.prompt_cache_evictions),
+            reloads: ReloadStatsEntry {
+                applied_total: read(&self.reloads.applied_total),
+                rejected_total: read(&self.reloads.rejected_total),
+                sources_restarted_total: read(&self.reloads.sources_restarted_total),
+                last_duration_ms: read(&self.reloads.last_duration_ms),
+            },
         }
     }
 

@@ -26,6 +26,7 @@
 
 pub mod metrics;
 pub mod plan;
+pub mod reload;
 pub mod stages;
 pub mod systemd;
 pub mod tasks;
@@ -55,6 +56,9 @@ pub struct RunOptions {
     pub encoder_delay: Option<Duration>,
     /// systemd's notification socket and watchdog (`sensebind run`: from `NOTIFY_SOCKET` and `WATCHDOG_USEC`).
     pub notifier: Option<Arc<systemd::Notifier>>,
+    /// Notified to reload the configuration file (`sensebind run`: SIGHUP). Notifications coalesce: a reload
+    /// asked for while one runs makes one more reload afterwards.
+    pub reload_signal: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for RunOptions {
@@ -64,6 +68,7 @@ impl Default for RunOptions {
             duration: None,
             encoder_delay: None,
             notifier: None,
+            reload_signal: None,
         }
     }
 }
@@ -88,12 +93,18 @@ struct Running {
     metrics: Arc<Metrics>,
     publisher: Option<Publisher>,
     sources: Option<SourceStages>,
-    queues: Vec<Arc<worker::WindowQueue>>,
+    window_queues: stages::WindowQueues,
     workers: Vec<Tracked>,
     controller: Option<tokio::task::JoinHandle<()>>,
     stats: Option<tokio::task::JoinHandle<()>>,
     notifier: Option<Arc<systemd::Notifier>>,
     watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// The configuration running (a reload replaces it).
+    config: Option<LoadedConfig>,
+    /// Reload outcomes to the controller.
+    to_controller: Option<tokio::sync::mpsc::Sender<crate::control::Reload>>,
+    /// How long a reload waits for a stopped source to end.
+    stop_timeout: Duration,
 }
 
 impl Running {
@@ -114,12 +125,15 @@ impl Running {
             metrics: Arc::new(Metrics::default()),
             publisher: None,
             sources: None,
-            queues: Vec::new(),
+            window_queues: stages::WindowQueues::new(),
             workers: Vec::new(),
             controller: None,
             stats: None,
             notifier: None,
             watchdog: None,
+            config: None,
+            to_controller: None,
+            stop_timeout: Duration::from_secs(10),
         }
     }
 
@@ -135,11 +149,9 @@ impl Running {
         }
         let mut stragglers = Vec::new();
         if let Some(s) = self.sources.take() {
-            s.stop.raise();
-            stragglers.extend(wait_all(s.sources, deadline).await);
-            stragglers.extend(wait_all(s.windows, deadline).await);
+            stragglers.extend(s.shutdown(deadline).await);
         }
-        for q in &self.queues {
+        for q in self.window_queues.values() {
             q.close();
         }
         stragglers.extend(wait_all(std::mem::take(&mut self.workers), deadline).await);
@@ -218,6 +230,8 @@ pub async fn run(
     };
     let mut running = Running::new(started, cfg.device.id.clone(), plan.topics.stats(), &outbox);
     running.notifier = options.notifier.clone();
+    running.stop_timeout = options.shutdown_timeout;
+    running.config = Some(loaded.clone());
     running.status("Loading models");
     macro_rules! or_stopped {
         ($step:expr) => {
@@ -282,25 +296,31 @@ pub async fn run(
         control: &control_stats,
     };
     let (queues, workers) = or_fail!(stages::start_encoders(loaded, &plan, &setup, &mut metrics));
-    running.queues = queues.values().cloned().collect();
+    running.window_queues = queues;
     running.workers = workers;
     drop(scored_tx);
     let (sources, all_done) = or_fail!(stages::start_sources(
         loaded,
         encoders.tokenizer.clone(),
-        &queues,
-        &mut metrics
+        &running.window_queues,
+        &metrics
     ));
+    // Reload requests from the controller (`cmd` `reload`) to the supervisor, and the outcomes back; both bounded
+    // (a request beyond the limit is refused with a response; the supervisor handles one reload at a time).
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(crate::control::reload::RELOAD_QUEUE);
+    let (to_controller, reloads) = tokio::sync::mpsc::channel(crate::control::reload::RELOAD_QUEUE);
+    running.to_controller = Some(to_controller);
     let controller = controller(
         loaded,
         plan,
         sources.sensors.clone(),
         &encoders,
         (&prompts, cache),
-        (&outbox, &control_stats),
-    );
-    running.controller = Some(tokio::spawn(controller.run(scored_rx, command_rx)));
-    let n_sources = sources.sources.len();
+        (&outbox, &control_stats, &metrics.reloads),
+    )
+    .with_reloads(reload_tx);
+    running.controller = Some(tokio::spawn(controller.run(scored_rx, command_rx, reloads)));
+    let n_sources = sources.running.len();
     running.sources = Some(sources);
     let metrics = Arc::new(metrics);
     running.metrics = Arc::clone(&metrics);
@@ -318,45 +338,89 @@ pub async fn run(
         startup_ms = started.elapsed().as_millis() as u64,
         "Pipeline running."
     );
-    running.watchdog = running
-        .notifier
-        .as_ref()
-        .map(|n| start_watchdog(n, running.sources.as_ref(), cfg.mqtt.enabled, &mqtt_stats));
-    wait_for_the_end(&mut stop, options.duration, all_done).await;
+    running.notify_ready();
+    running.restart_watchdog();
+    let mut waits = Waits {
+        stop,
+        until: options.duration.map(|d| tokio::time::Instant::now() + d),
+        all_done,
+        signal: options.reload_signal.clone(),
+        commands: reload_rx,
+    };
+    while let Some(request) = waits.next_reload().await {
+        running.reload(request).await;
+    }
     Ok(running.shutdown(options.shutdown_timeout, false).await)
 }
 
-/// Waits for the reason to stop: the stop request, the run duration, or every source finished.
-async fn wait_for_the_end(stop: &mut StopSignal, duration: Option<Duration>, mut all_done: stages::AllSourcesDone) {
-    let duration = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending::<()>().await,
+/// What the running daemon waits for: the reason to stop, or a reload.
+struct Waits {
+    stop: StopSignal,
+    until: Option<tokio::time::Instant>,
+    all_done: stages::AllSourcesDone,
+    signal: Option<Arc<tokio::sync::Notify>>,
+    commands: tokio::sync::mpsc::Receiver<crate::control::ReloadRequest>,
+}
+
+impl Waits {
+    /// The next reload request; `None` when the daemon is to stop (the stop request, the run duration, or every
+    /// source finished).
+    async fn next_reload(&mut self) -> Option<crate::control::ReloadRequest> {
+        use crate::control::{ReloadOrigin, ReloadRequest};
+        let until = async {
+            match self.until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let signal = async {
+            match &self.signal {
+                Some(n) => n.notified().await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = self.stop.wait() => None,
+            () = until => {
+                tracing::info!("Run duration reached; shutting down.");
+                None
+            }
+            None = self.all_done.recv() => {
+                tracing::info!("Every source has finished; shutting down.");
+                None
+            }
+            () = signal => Some(ReloadRequest::new(ReloadOrigin::Signal, None)),
+            Some(r) = self.commands.recv() => Some(r),
         }
-    };
-    tokio::select! {
-        () = stop.wait() => {}
-        () = duration => tracing::info!("Run duration reached; shutting down."),
-        None = all_done.recv() => tracing::info!("Every source has finished; shutting down."),
     }
 }
 
-/// Tells systemd the daemon is ready and starts the progress watchdog (`runtime::systemd`).
-fn start_watchdog(
-    notifier: &Arc<systemd::Notifier>,
-    sources: Option<&SourceStages>,
-    mqtt_enabled: bool,
-    mqtt: &Arc<MqttStats>,
-) -> tokio::task::JoinHandle<()> {
-    notifier.notify("READY=1\nSTATUS=Running\n");
-    let sensors = sources.map(|s| s.sensors.clone()).unwrap_or_default();
-    // A sensor is stalled after at least one watchdog period without a scored window.
-    let floor = notifier.watchdog().unwrap_or(Duration::from_secs(30));
-    let progress = systemd::Progress::new(&sensors, floor, Instant::now());
-    let connected = Arc::clone(mqtt);
-    tokio::spawn(systemd::watch(Arc::clone(notifier), progress, move || {
-        mqtt_enabled.then(|| connected.connected.load(std::sync::atomic::Ordering::Relaxed))
-    }))
+impl Running {
+    /// Tells systemd the daemon is ready.
+    fn notify_ready(&self) {
+        if let Some(n) = &self.notifier {
+            n.notify("READY=1\nSTATUS=Running\n");
+        }
+    }
+
+    /// (Re)starts the progress watchdog (`runtime::systemd`) over the sensors running now.
+    fn restart_watchdog(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let Some(notifier) = &self.notifier else { return };
+        let sensors = self.sources.as_ref().map(|s| s.sensors.clone()).unwrap_or_default();
+        // A sensor is stalled after at least one watchdog period without a scored window.
+        let floor = notifier.watchdog().unwrap_or(Duration::from_secs(30));
+        let progress = systemd::Progress::new(&sensors, floor, Instant::now());
+        let mqtt_enabled = self.config.as_ref().is_some_and(|c| c.config.mqtt.enabled);
+        let connected = Arc::clone(&self.metrics.mqtt);
+        self.watchdog = Some(tokio::spawn(systemd::watch(
+            Arc::clone(notifier),
+            progress,
+            move || mqtt_enabled.then(|| connected.connected.load(std::sync::atomic::Ordering::Relaxed)),
+        )));
+    }
 }
 
 /// The controller for the started pipeline.
@@ -366,7 +430,7 @@ fn controller(
     sensors: Vec<crate::control::SensorInfo>,
     encoders: &stages::Encoders,
     (prompts, cache): (&Arc<RwLock<Arc<crate::labels::PromptSet>>>, PromptCache),
-    (outbox, stats): (&Arc<Outbox>, &Arc<ControlStats>),
+    (outbox, stats, reloads): (&Arc<Outbox>, &Arc<ControlStats>, &Arc<crate::control::ReloadStats>),
 ) -> Controller {
     let cfg = &loaded.config;
     Controller::new(ControllerSetup {
@@ -386,5 +450,8 @@ fn controller(
         prompts_origin: plan.prompts_origin,
         outbox: Arc::clone(outbox),
         stats: Arc::clone(stats),
+        config_hash: loaded.sha256.clone(),
+        reload_requests: None,
+        reloads: Arc::clone(reloads),
     })
 }

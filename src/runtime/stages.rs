@@ -12,7 +12,7 @@ use anyhow::Context;
 use super::RunOptions;
 use super::metrics::{Metrics, SourceCounters};
 use super::plan::Plan;
-use super::tasks::{Tracked, spawn_named};
+use super::tasks::{Tracked, spawn_named, wait_all};
 use super::worker::{EncoderStats, Window, WindowQueue, WorkerContext, run_worker};
 use crate::config::LoadedConfig;
 use crate::control::payloads::ModelInfo;
@@ -282,65 +282,122 @@ pub fn start_encoders(
     Ok((queues, workers))
 }
 
+/// One running source: its capture thread and its window stage.
+pub struct SourceHandle {
+    /// Raised to stop this source (its window stage then drains the ring and ends).
+    pub stop: StopFlag,
+    /// `source-{name}`.
+    pub source: Tracked,
+    /// `window-{name}`.
+    pub window: Tracked,
+}
+
 /// The running sources and their window stages.
 pub struct SourceStages {
-    /// Raised to stop every source.
-    pub stop: StopFlag,
-    /// `source-{name}` threads.
-    pub sources: Vec<Tracked>,
-    /// `window-{name}` threads.
-    pub windows: Vec<Tracked>,
-    /// The sensors, for the controller.
+    /// By name.
+    pub running: BTreeMap<String, SourceHandle>,
+    /// The sensors, for the controller and the watchdog (in configuration order).
     pub sensors: Vec<SensorInfo>,
+    /// What every window stage preprocesses with.
+    prepare: PrepareContext,
+    /// Each source thread holds a sender of [`AllSourcesDone`]; this one does not keep the channel open.
+    done: tokio::sync::mpsc::WeakSender<()>,
 }
 
 /// Closes when every source thread has ended (each holds a sender; nothing is ever sent).
 pub type AllSourcesDone = tokio::sync::mpsc::Receiver<()>;
+
+impl SourceStages {
+    /// Asks every source to stop.
+    pub fn stop_all(&self) {
+        for h in self.running.values() {
+            h.stop.raise();
+        }
+    }
+
+    /// Stops every source, then waits for the source threads and then the window stages until `deadline`;
+    /// returns the names of those still running.
+    pub async fn shutdown(self, deadline: tokio::time::Instant) -> Vec<String> {
+        self.stop_all();
+        let (sources, windows): (Vec<Tracked>, Vec<Tracked>) =
+            self.running.into_values().map(|h| (h.source, h.window)).unzip();
+        let mut stragglers = wait_all(sources, deadline).await;
+        stragglers.extend(wait_all(windows, deadline).await);
+        stragglers
+    }
+
+    /// Stops one source and waits for it and its window stage (its last windows are queued); returns the names of
+    /// those still running at `deadline`.
+    pub async fn stop_one(&mut self, name: &str, deadline: tokio::time::Instant) -> Vec<String> {
+        self.sensors.retain(|s| s.name != name);
+        let Some(h) = self.running.remove(name) else {
+            return Vec::new();
+        };
+        h.stop.raise();
+        let mut stragglers = wait_all(vec![h.source], deadline).await;
+        stragglers.extend(wait_all(vec![h.window], deadline).await);
+        stragglers
+    }
+
+    /// The preprocessing parameters of the window stages started from now on.
+    pub fn set_preprocess(&mut self, preprocess: crate::preprocess::PreprocessConfig) {
+        self.prepare.preprocess = preprocess;
+    }
+
+    /// A sender that keeps [`AllSourcesDone`] open while sources are being replaced (`None`: every source has
+    /// ended already).
+    pub fn hold_open(&self) -> Option<tokio::sync::mpsc::Sender<()>> {
+        self.done.upgrade()
+    }
+}
 
 /// Starts every source on its thread, each with a window stage that cuts, preprocesses and queues windows.
 pub fn start_sources(
     loaded: &LoadedConfig,
     tokenizer: Option<Arc<Tokenizer>>,
     queues: &WindowQueues,
-    metrics: &mut Metrics,
+    metrics: &Metrics,
 ) -> anyhow::Result<(SourceStages, AllSourcesDone)> {
     let cfg = &loaded.config;
-    let stop = StopFlag::new();
     // Never sent on: closed when every source thread has dropped its sender.
     let (done_tx, all_done) = tokio::sync::mpsc::channel::<()>(1);
     let mut stages = SourceStages {
-        stop: stop.clone(),
-        sources: Vec::new(),
-        windows: Vec::new(),
+        running: BTreeMap::new(),
         sensors: Vec::new(),
-    };
-    let prepare_cx = PrepareContext {
-        preprocess: cfg.preprocess.clone(),
-        tokenizer,
+        prepare: PrepareContext {
+            preprocess: cfg.preprocess.clone(),
+            tokenizer,
+        },
+        done: done_tx.downgrade(),
     };
     for sc in &cfg.sources {
         // A source that cannot start stops those already started (their threads end by themselves).
-        if let Err(e) = start_source(loaded, sc, &prepare_cx, queues, metrics, &mut stages, &done_tx) {
-            stages.stop.raise();
+        if let Err(e) = start_source(loaded, sc, queues, metrics, &mut stages, &done_tx) {
+            stages.stop_all();
             return Err(e);
         }
     }
     Ok((stages, all_done))
 }
 
-/// Starts one source on its thread with its window stage; adds them to `stages`.
-fn start_source(
+/// Starts one source on its thread with its window stage; adds them to `stages` (`done_tx`: held by the source
+/// thread until it ends).
+pub fn start_source(
     loaded: &LoadedConfig,
     sc: &crate::sources::config::SourceConfig,
-    prepare_cx: &PrepareContext,
     queues: &WindowQueues,
-    metrics: &mut Metrics,
+    metrics: &Metrics,
     stages: &mut SourceStages,
     done_tx: &tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
     let cfg = &loaded.config;
-    let stop = stages.stop.clone();
+    let stop = StopFlag::new();
     let (name, modality) = (sc.name().to_owned(), sc.modality());
+    // The tower's queue first: a source whose modality has no encoder is refused before anything opens.
+    let queue = queues
+        .get(&modality)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("sources.{name}: no {modality} encoder is loaded"))?;
     let built = sc.build(&BuildContext {
         base: &loaded.base,
         preprocess: &cfg.preprocess,
@@ -354,7 +411,7 @@ fn start_source(
         ring: Arc::clone(producer.stats()),
         ..SourceCounters::default()
     });
-    metrics.sources.insert(name.clone(), Arc::clone(&counters));
+    metrics.set_source(&name, Arc::clone(&counters));
     let enabled = Arc::new(AtomicBool::new(true));
     let spec = sc.window();
     stages.sensors.push(SensorInfo {
@@ -371,11 +428,8 @@ fn start_source(
         modality,
         spec,
         consumer,
-        prepare: prepare_cx.clone(),
-        queue: queues
-            .get(&modality)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("no queue for {modality}"))?,
+        prepare: stages.prepare.clone(),
+        queue,
         counters: Arc::clone(&counters),
         source_done: Arc::clone(&source_done),
         enabled,
@@ -388,21 +442,38 @@ fn start_source(
             stage.run();
         })
         .with_context(|| format!("cannot start thread window-{name}"))?;
-    stages.windows.push(window_tracked);
     let wake = window_thread.thread().clone();
     let mut out = SourceOutput::new(producer, Some(wake.clone()), Arc::clone(&counters.source));
     let (sstop, sname, done) = (stop.clone(), name.clone(), done_tx.clone());
+    let finished = Arc::clone(&source_done);
     let mut source = built.source;
-    stages.sources.push(spawn_named(format!("source-{name}"), move || {
+    let source_tracked = spawn_named(format!("source-{name}"), move || {
         let _counted = done;
         if let Err(e) = source.run(&mut out, &sstop) {
             tracing::error!(component_id = %sname, error = %e, "Source stopped.");
         } else {
             tracing::info!(component_id = %sname, "Source finished.");
         }
-        source_done.store(true, Ordering::SeqCst);
+        finished.store(true, Ordering::SeqCst);
         wake.unpark();
-    })?);
+    });
+    let source_tracked = match source_tracked {
+        Ok(t) => t,
+        Err(e) => {
+            // The window stage ends by itself once it sees its source done.
+            source_done.store(true, Ordering::SeqCst);
+            window_thread.thread().unpark();
+            return Err(e);
+        }
+    };
+    stages.running.insert(
+        name,
+        SourceHandle {
+            stop,
+            source: source_tracked,
+            window: window_tracked,
+        },
+    );
     Ok(())
 }
 

@@ -1166,3 +1166,62 @@ pub fn media(name: &str) -> String {
 pub fn toml_str(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
+
+/// Datagrams received on a notification socket, with when they came.
+pub struct Listener {
+    socket: std::os::unix::net::UnixDatagram,
+    /// Where it listens (`NOTIFY_SOCKET`).
+    pub path: PathBuf,
+    /// Every message with when it came.
+    pub got: Vec<(Instant, String)>,
+}
+
+impl Listener {
+    /// Binds `{dir}/notify.sock`.
+    pub fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        Listener {
+            socket,
+            path,
+            got: Vec::new(),
+        }
+    }
+
+    /// Reads for `secs`, or until a message contains `until`.
+    pub fn read(&mut self, within: Duration, until: &str) -> bool {
+        let end = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = text.contains(until);
+                self.got.push((Instant::now(), text));
+                if done {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// `WATCHDOG=1` pings from `from` on.
+    pub fn pings_after(&self, from: Instant) -> Vec<Instant> {
+        self.got
+            .iter()
+            .filter(|(t, m)| *t >= from && m.contains("WATCHDOG=1"))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// When a message containing `what` first came.
+    pub fn first(&self, what: &str) -> Option<Instant> {
+        self.got.iter().find(|(_, m)| m.contains(what)).map(|(t, _)| *t)
+    }
+}
+
+/// The longest time between two instants.
+pub fn longest_gap(times: &[Instant]) -> Duration {
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
