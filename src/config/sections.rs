@@ -80,11 +80,13 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
                 } else {
                     format!("{path}.{inner}")
                 };
-                // serde names an unknown key only in its message; put it in the path so the line can be found.
+                // An unknown key is named in the message, and (serde_path_to_error 0.1.20) already in the path;
+                // make sure it is in the path, once, so the line can be found.
                 if let Some(field) = message
                     .split('`')
                     .nth(1)
                     .filter(|_| message.starts_with("unknown field"))
+                    && !full.ends_with(&format!(".{field}"))
                 {
                     full = format!("{full}.{field}");
                 }
