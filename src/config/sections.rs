@@ -1,7 +1,7 @@
 //! Section-by-section deserialisation: every section's errors are reported, and a section that fails is
 //! replaced by its defaults and marked so that it is not validated.
 
-use super::{Config, DeviceConfig, RuntimeConfig};
+use super::{Config, DeviceConfig, MetricsConfig, RuntimeConfig};
 use crate::encode::ModelsConfig;
 use crate::events::EventsConfig;
 use crate::issues::Issues;
@@ -10,7 +10,7 @@ use crate::preprocess::PreprocessConfig;
 use crate::publish::config::MqttConfig;
 use crate::sources::config::SourceConfig;
 
-const TOP_KEYS: [&str; 8] = [
+const TOP_KEYS: [&str; 9] = [
     "device",
     "runtime",
     "models",
@@ -19,6 +19,7 @@ const TOP_KEYS: [&str; 8] = [
     "events",
     "sources",
     "prompts",
+    "metrics",
 ];
 
 /// Which parts of a configuration deserialised (the others hold defaults and are not validated).
@@ -30,6 +31,7 @@ pub(super) struct Parsed {
     pub(super) mqtt: bool,
     pub(super) preprocess: bool,
     pub(super) events: bool,
+    pub(super) metrics: bool,
     /// Original index of each deserialised source, in order.
     pub(super) source_index: Vec<usize>,
     /// Original index of each deserialised prompt, in order.
@@ -48,6 +50,7 @@ impl Parsed {
             && self.mqtt
             && self.preprocess
             && self.events
+            && self.metrics
             && self.source_index.len() == self.sources_total
             && self.prompt_index.len() == self.prompts_total
     }
@@ -114,6 +117,11 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
     parsed.preprocess = preprocess.is_some();
     let events = section::<EventsConfig>(table.get("events"), "events", issues);
     parsed.events = events.is_some();
+    // No `[metrics]` section: the endpoint is off.
+    let metrics = table
+        .get("metrics")
+        .map(|v| section::<MetricsConfig>(Some(v), "metrics", issues));
+    parsed.metrics = !matches!(metrics, Some(None));
     let list = |key: &str, issues: &mut Issues| -> Vec<toml::Value> {
         match table.get(key) {
             None => Vec::new(),
@@ -161,6 +169,7 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
         events: events.unwrap_or_default(),
         sources,
         prompts,
+        metrics: metrics.flatten(),
     };
     (config, parsed)
 }
