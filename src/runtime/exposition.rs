@@ -152,12 +152,11 @@ fn encoder_labels(modality: Modality, s: &EncoderStats) -> [(&'static str, &'sta
 fn sources(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> fmt::Result {
     let rows = |f: fn(&SourceCounters) -> u64| per_source(m, f);
     let grows = |f: fn(&SourceCounters) -> f64| per_source(m, f);
-    let urows = |f: fn(&SourceCounters) -> u64| per_source(m, f);
     gauge(
         e,
         "sensebind_source_online",
         "1 while the device is open (recordings and test signals are always online).",
-        urows(|c| u64::from(!c.source.offline.load(Ordering::Relaxed))),
+        rows(|c| u64::from(!c.source.offline.load(Ordering::Relaxed))),
     )?;
     gauge(
         e,
