@@ -16,6 +16,8 @@
 //!
 //! Times are durations on a monotonic clock; the tracker is pure and deterministic (unit-tested with scripts).
 
+pub mod fusion;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 

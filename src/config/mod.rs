@@ -65,6 +65,9 @@ pub struct Config {
     /// What to listen for: text prompts scored against every window.
     #[serde(default)]
     pub prompts: Vec<PromptConfig>,
+    /// One label over several sensors: fused events on `events/fused/{id}` (docs/prompts.md).
+    #[serde(default)]
+    pub fusions: Vec<crate::events::fusion::FusionConfig>,
     /// The HTTP endpoint for Prometheus (`/metrics`) and probes (`/healthz`, `/readyz`); no section: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,

@@ -4,6 +4,7 @@
 use super::{Config, DeviceConfig, MetricsConfig, RuntimeConfig};
 use crate::encode::ModelsConfig;
 use crate::events::EventsConfig;
+use crate::events::fusion::FusionConfig;
 use crate::issues::Issues;
 use crate::labels::PromptConfig;
 use crate::labels::background::LabelsConfig;
@@ -11,7 +12,7 @@ use crate::preprocess::PreprocessConfig;
 use crate::publish::config::MqttConfig;
 use crate::sources::config::SourceConfig;
 
-const TOP_KEYS: [&str; 10] = [
+const TOP_KEYS: [&str; 11] = [
     "device",
     "runtime",
     "models",
@@ -22,6 +23,7 @@ const TOP_KEYS: [&str; 10] = [
     "sources",
     "prompts",
     "metrics",
+    "fusions",
 ];
 
 /// Which parts of a configuration deserialised (the others hold defaults and are not validated).
@@ -43,6 +45,7 @@ pub(super) struct Parsed {
     pub(super) other_source_names: Vec<String>,
     pub(super) sources_total: usize,
     pub(super) prompts_total: usize,
+    pub(super) fusions: bool,
 }
 
 impl Parsed {
@@ -57,6 +60,7 @@ impl Parsed {
             && self.metrics
             && self.source_index.len() == self.sources_total
             && self.prompt_index.len() == self.prompts_total
+            && self.fusions
     }
 }
 
@@ -163,6 +167,14 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
             parsed.prompt_index.push(i);
         }
     }
+    let mut fusions = Vec::new();
+    parsed.fusions = true;
+    for (i, v) in list("fusions", issues).iter().enumerate() {
+        match section::<FusionConfig>(Some(v), &format!("fusions[{i}]"), issues) {
+            Some(f) => fusions.push(f),
+            None => parsed.fusions = false,
+        }
+    }
     let config = Config {
         device: device.unwrap_or(DeviceConfig {
             id: "unparsed".into(),
@@ -176,6 +188,7 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
         labels: labels.unwrap_or_default(),
         sources,
         prompts,
+        fusions,
         metrics: metrics.flatten(),
     };
     (config, parsed)

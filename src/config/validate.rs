@@ -49,6 +49,36 @@ pub(super) fn validate(c: &Config, parsed: &Parsed, issues: &mut Issues) {
     }
     sources(c, parsed, issues);
     prompts(c, parsed, &all_names, issues);
+    if parsed.fusions {
+        fusions(c, &all_names, issues);
+    }
+}
+
+/// `[[fusions]]`: each entry, unique ids, and the reserved sensor name `fused`.
+fn fusions(c: &Config, all_names: &[String], issues: &mut Issues) {
+    let labels: Vec<String> = c
+        .prompts
+        .iter()
+        .filter(|p| p.role.is_label())
+        .map(|p| p.id.clone())
+        .collect();
+    let mut ids = BTreeSet::new();
+    for (i, f) in c.fusions.iter().enumerate() {
+        let mut scope = issues.scope(&format!("fusions[{i}]"));
+        f.validate(&labels, all_names, &mut scope);
+        if !ids.insert(f.id.clone()) {
+            scope.push("id", format!("{:?} is used by another fusion", f.id));
+        }
+    }
+    let reserved = crate::events::fusion::FUSED;
+    if !c.fusions.is_empty() && all_names.iter().any(|n| n == reserved) {
+        issues.push(
+            "sources",
+            format!(
+                "a source named {reserved:?} clashes with the fused events' topics (events/{reserved}/…); rename it"
+            ),
+        );
+    }
 }
 
 fn runtime(r: &super::RuntimeConfig, issues: &mut Issues) {

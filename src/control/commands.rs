@@ -392,7 +392,8 @@ impl Controller {
                 self.publish_sensor_state(&info);
             }
             Switch::Label => {
-                if !self.prompts().labels().any(|p| p.id == name) {
+                let fused = self.fusions.iter().any(|f| f.config.id == name);
+                if !fused && !self.prompts().labels().any(|p| p.id == name) {
                     self.respond(&command, None, Err(vec![format!("no label is named {name:?}")]));
                     return;
                 }

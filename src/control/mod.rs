@@ -31,6 +31,7 @@ use std::time::Duration;
 use crate::clock::{self, ProcessTime, TimeSource, Timestamp};
 use crate::encode::Encoder;
 use crate::events::EventsConfig;
+use crate::events::fusion::{FUSED, Fusion, FusionConfig};
 use crate::events::{EndReason, Tracker, Transition, TransitionKind};
 use crate::labels::{LabelScore, PromptCache, PromptSet, ScoreMode};
 use crate::modality::Modality;
@@ -222,6 +223,8 @@ pub struct ControllerSetup {
     pub outbox: Arc<Outbox>,
     /// Counters.
     pub stats: Arc<ControlStats>,
+    /// `[[fusions]]`: labels fused over several sensors.
+    pub fusions: Vec<FusionConfig>,
     /// The shipped background prompts (`labels.default_background`), embedded with every prompt update.
     pub background: Vec<crate::labels::PromptConfig>,
     /// `[labels]`: `zscore` warm-up and memory.
@@ -237,7 +240,8 @@ pub struct ControllerSetup {
 /// A (sensor, label) pair's event tracker.
 struct Slot {
     tracker: Tracker,
-    modality: Modality,
+    /// The sensor's modality, or `fusion` for a fused label.
+    modality: String,
     event_id: Option<String>,
     last_t: Duration,
     idle_grace: Duration,
@@ -261,6 +265,8 @@ pub struct Controller {
     queued: VecDeque<commands::PromptUpdate>,
     /// Sensors removed by reloads (their Home Assistant entities are removed).
     removed_sensors: BTreeSet<String>,
+    /// The fusions with their sources' latest scores.
+    fusions: Vec<Fusion>,
     /// Running statistics of `zscore` labels (saved in the state file every [`ZSCORE_SAVE`]).
     zscores: crate::labels::zscore::ZScores,
     /// When the z-score statistics were last handed to the state writer.
@@ -296,6 +302,7 @@ impl Controller {
                 ..payloads::FileState::default()
             },
             removed_sensors: BTreeSet::new(),
+            fusions: s.fusions.iter().cloned().map(Fusion::new).collect(),
             zscores: crate::labels::zscore::ZScores::from_saved(s.state.state.zscores.clone()),
             zscores_saved: std::time::Instant::now(),
             s,
@@ -410,7 +417,8 @@ impl Controller {
         self.push(OutMessage::state(t.availability(), "online"));
         self.close_events_left_open();
         // Labels of earlier runs that no longer exist: clear their retained topics.
-        let current: BTreeSet<String> = self.prompts().labels().map(|p| p.id.clone()).collect();
+        let fused = self.fusions.iter().map(|f| f.config.id.clone());
+        let current: BTreeSet<String> = self.prompts().labels().map(|p| p.id.clone()).chain(fused).collect();
         let published = &self.s.state.state.published_labels;
         let stale: Vec<String> = published.difference(&current).cloned().collect();
         for label in &stale {
@@ -428,11 +436,12 @@ impl Controller {
             self.online.insert(sensor.name.clone(), online);
             self.publish_sensor_state(&sensor);
         }
-        for p in self.prompts().labels() {
-            self.label_on.insert(p.id.clone(), false);
-            self.push(OutMessage::state(t.label_state(&p.id), "OFF"));
-            let enabled = on_off(self.label_enabled(&p.id));
-            self.push(OutMessage::state(t.label_enabled_state(&p.id), enabled));
+        let fused: Vec<String> = self.fusions.iter().map(|f| f.config.id.clone()).collect();
+        for id in self.prompts().labels().map(|p| p.id.clone()).chain(fused) {
+            self.label_on.insert(id.clone(), false);
+            self.push(OutMessage::state(t.label_state(&id), "OFF"));
+            let enabled = on_off(self.label_enabled(&id));
+            self.push(OutMessage::state(t.label_enabled_state(&id), enabled));
         }
         self.publish_discovery();
     }
@@ -566,29 +575,36 @@ impl Controller {
             return;
         }
         let current = self.prompts();
-        let labels = current.labels().map(|p| {
+        let class_of = |p: &crate::labels::Prompt| {
             let modality = self
                 .s
                 .sensors
                 .iter()
                 .find(|s| p.config.applies_to(s.modality, &s.name))
                 .map(|s| s.modality);
-            let class = p.config.device_class.clone().unwrap_or_else(|| {
+            p.config.device_class.clone().unwrap_or_else(|| {
                 match modality {
                     Some(Modality::Audio) => "sound",
                     Some(Modality::Imu) => "motion",
                     _ => "occupancy",
                 }
                 .to_owned()
-            });
-            (p.id.clone(), class)
-        });
-        let now: BTreeSet<&str> = current.labels().map(|p| p.id.as_str()).collect();
+            })
+        };
+        let mut labels: Vec<(String, String)> = current.labels().map(|p| (p.id.clone(), class_of(p))).collect();
+        for f in &self.fusions {
+            let class = current
+                .labels()
+                .find(|p| p.id == f.config.label)
+                .map_or_else(|| "occupancy".to_owned(), class_of);
+            labels.push((f.config.id.clone(), class));
+        }
+        let now: BTreeSet<&str> = labels.iter().map(|(id, _)| id.as_str()).collect();
         let payload = payloads::discovery(payloads::DiscoveryInput {
             device: &self.s.device,
             device_name: &self.s.device_name,
             topics: &self.s.topics,
-            labels: labels.collect(),
+            labels: labels.clone(),
             removed: self
                 .removed_labels
                 .iter()
@@ -649,7 +665,7 @@ impl Controller {
             let key = (sensor.name.clone(), ls.label.clone());
             let slot = self.trackers.entry(key.clone()).or_insert_with(|| Slot {
                 tracker: Tracker::new(prompt.config.event_params(&self.s.events)),
-                modality: w.modality,
+                modality: w.modality.to_string(),
                 event_id: None,
                 last_t: Duration::ZERO,
                 idle_grace,
@@ -672,7 +688,53 @@ impl Controller {
                 self.emit(&key, &tr, Some(cause));
             }
         }
+        self.fuse(&sensor.name, t, &scores, times, &w.model);
         self.maybe_embedding(w, &sensor);
+    }
+
+    /// Feeds a window's scores to the fusions that take them and runs their trackers.
+    fn fuse(&mut self, sensor: &str, t: Duration, scores: &[LabelScore], times: WindowTimes, model: &str) {
+        let prompts = self.prompts();
+        for i in 0..self.fusions.len() {
+            let Some(ls) = scores.iter().find(|ls| self.fusions[i].takes(sensor, &ls.label)) else {
+                continue;
+            };
+            let f = &mut self.fusions[i];
+            f.observe(sensor, t, ls.score);
+            let fused = f.score(t);
+            let (id, label, threshold) = (f.config.id.clone(), f.config.label.clone(), f.config.threshold);
+            if !self.label_enabled(&id) {
+                continue;
+            }
+            let Some(prompt) = prompts.labels().find(|p| p.id == label) else {
+                continue;
+            };
+            let mut params = prompt.config.event_params(&self.s.events);
+            if let Some(on) = threshold {
+                let off = params.off - params.on + on;
+                (params.on, params.off) = (on, off.min(on));
+            }
+            let key = (FUSED.to_owned(), id);
+            let slot = self.trackers.entry(key.clone()).or_insert_with(|| Slot {
+                tracker: Tracker::new(params),
+                modality: "fusion".into(),
+                event_id: None,
+                last_t: Duration::ZERO,
+                idle_grace: Duration::from_secs(2),
+            });
+            slot.last_t = slot.last_t.max(t);
+            slot.idle_grace = Duration::from_secs_f64(self.fusions[i].config.within_secs + 1.0);
+            let at = slot.last_t;
+            if let Some(tr) = slot.tracker.observe(at, fused) {
+                let cause = WindowCause {
+                    cos: ls.cosine,
+                    runner_up: Vec::new(),
+                    window: times.into(),
+                    model: model.to_owned(),
+                };
+                self.emit(&key, &tr, Some(cause));
+            }
+        }
     }
 
     /// The window's scores with `zscore` labels standardised by their running statistics (0 and inactive while
@@ -743,7 +805,15 @@ impl Controller {
     fn emit(&mut self, key: &(String, String), tr: &Transition, cause: Option<WindowCause>) {
         let (sensor, label) = key;
         let prompts = self.prompts();
-        let prompt = prompts.prompts().iter().find(|p| &p.id == label);
+        // A fused label's prompt is the label it fuses.
+        let fused = (sensor == FUSED)
+            .then(|| self.fusions.iter().find(|f| &f.config.id == label))
+            .flatten()
+            .map(|f| f.config.label.clone());
+        let prompt = prompts
+            .prompts()
+            .iter()
+            .find(|p| p.id == *fused.as_ref().unwrap_or(label));
         let prompt_text = prompt.and_then(|p| p.texts.first().cloned()).unwrap_or_default();
         let session = self.session;
         let Some(slot) = self.trackers.get_mut(key) else { return };
@@ -753,7 +823,7 @@ impl Controller {
             off: params.off,
             mode: prompt.map(|p| p.config.mode).unwrap_or_default().as_str(),
         };
-        let modality = slot.modality.to_string();
+        let modality = slot.modality.clone();
         let id = match (tr.kind, &slot.event_id) {
             (TransitionKind::Start, _) | (_, None) => format!("{session}-{sensor}-{label}-{}", tr.event),
             (_, Some(id)) => id.clone(),
@@ -954,6 +1024,7 @@ mod tests {
             outbox: Arc::clone(&outbox),
             stats: Arc::default(),
             background: Vec::new(),
+            fusions: Vec::new(),
             labels: crate::labels::background::LabelsConfig::default(),
             config_hash: "c0ffee".into(),
             reload_requests: None,
@@ -1092,6 +1163,94 @@ mod tests {
                 .map(|m| m.payload.clone()),
             Some(b"OFF".to_vec())
         );
+    }
+
+    #[test]
+    fn a_fused_label_starts_only_while_every_sensor_agrees_within_the_tolerance() {
+        use crate::events::fusion::{FusionConfig, FusionRule};
+        let events_cfg = EventsConfig {
+            aggregate_windows: 1,
+            onset_k: 1,
+            onset_n: 1,
+            hold_secs: 0.0,
+            update_interval_secs: 3600.0,
+            ..EventsConfig::default()
+        };
+        let prompt = PromptConfig {
+            threshold: 0.6,
+            off_threshold: Some(0.5),
+            ..PromptConfig::new("walking", "a person walking")
+        };
+        let mqtt = MqttConfig {
+            labels: false,
+            ..MqttConfig::default()
+        };
+        let (mut c, outbox) = setup(prompt, mqtt, events_cfg);
+        let mut imu1 = c.s.sensors[0].clone();
+        imu1.name = "imu1".into();
+        imu1.stats = Arc::default();
+        imu1.enabled = Arc::new(AtomicBool::new(true));
+        c.s.sensors.push(imu1);
+        let fusion = FusionConfig {
+            id: "walking_both".into(),
+            label: "walking".into(),
+            sources: vec!["imu0".into(), "imu1".into()],
+            within_secs: 1.0,
+            rule: FusionRule::All,
+            threshold: None,
+        };
+        c.fusions = vec![Fusion::new(fusion.clone())];
+        c.s.fusions = vec![fusion];
+        c.publish_initial_state();
+        let initial = drain(&outbox);
+        assert!(
+            initial
+                .iter()
+                .any(|m| m.topic == "sensebind/dev/label/walking_both/state" && m.payload == b"OFF")
+        );
+        let discovery = initial
+            .iter()
+            .find(|m| m.topic == "homeassistant/device/dev/config")
+            .unwrap();
+        let d: serde_json::Value = serde_json::from_slice(&discovery.payload).unwrap();
+        assert!(d["cmps"]["label-walking_both"].is_object(), "{d}");
+        let fused_topic = "sensebind/dev/events/fused/walking_both";
+        let fused = |msgs: &[OutMessage]| -> Vec<String> {
+            msgs.iter()
+                .filter(|m| m.topic == fused_topic)
+                .map(|m| {
+                    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                    assert_eq!(
+                        (v["sensor"].as_str(), v["modality"].as_str()),
+                        (Some("fused"), Some("fusion"))
+                    );
+                    assert_eq!(v["prompt"], "a person walking");
+                    v["type"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        };
+        let on_imu1 = |seq, t, s| {
+            let mut w = window(seq, t, s);
+            w.source = Arc::from("imu1");
+            w
+        };
+        // imu0 alone: its own event starts, the fused one does not (imu1 has no score yet).
+        c.on_window(&window(0, 0, 0.9));
+        let msgs = drain(&outbox);
+        assert_eq!(events(&msgs).len(), 1);
+        assert!(fused(&msgs).is_empty());
+        // imu1 agrees 0.2 s later: min(0.9, 0.8) = 0.8 ≥ 0.6 → the fused event starts, its label goes ON.
+        c.on_window(&on_imu1(0, 200, 0.8));
+        let msgs = drain(&outbox);
+        assert_eq!(fused(&msgs), ["start"]);
+        assert!(
+            msgs.iter()
+                .any(|m| m.topic == "sensebind/dev/label/walking_both/state" && m.payload == b"ON")
+        );
+        // 1.5 s later only imu1 has scored recently: imu0's 0.9 is too old, the fused score is 0 → it ends.
+        c.on_window(&on_imu1(1, 1500, 0.8));
+        let msgs = drain(&outbox);
+        assert_eq!(fused(&msgs), ["end"]);
     }
 
     #[test]

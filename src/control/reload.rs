@@ -96,6 +96,8 @@ pub struct Applied {
     pub mqtt: MqttConfig,
     /// Labels per `labels/{sensor}` message.
     pub top_k: usize,
+    /// `[[fusions]]`.
+    pub fusions: Vec<crate::events::fusion::FusionConfig>,
     /// `[labels]` (`zscore` warm-up and memory; the shipped background prompts change at the next start).
     pub labels: crate::labels::background::LabelsConfig,
     /// The file's prompts and their hash, when they differ from the last file's (the file then wins over prompts
@@ -151,6 +153,48 @@ impl Controller {
         self.s.mqtt = a.mqtt;
         self.s.top_k = a.top_k;
         self.s.labels = a.labels;
+        // Fusions changed or removed: their events end (`reload`); unchanged ones keep their sources' scores.
+        let kept: Vec<crate::events::fusion::Fusion> = std::mem::take(&mut self.fusions)
+            .into_iter()
+            .filter(|f| a.fusions.contains(&f.config))
+            .collect();
+        let ended: BTreeSet<String> = self
+            .s
+            .fusions
+            .iter()
+            .filter(|c| !a.fusions.contains(c))
+            .map(|c| c.id.clone())
+            .collect();
+        self.end_where(EndReason::Reload, |s, l| {
+            s == crate::events::fusion::FUSED && ended.contains(l)
+        });
+        self.trackers
+            .retain(|(s, l), _| !(s == crate::events::fusion::FUSED && ended.contains(l)));
+        self.fusions = a
+            .fusions
+            .iter()
+            .map(|c| {
+                kept.iter()
+                    .find(|f| f.config == *c)
+                    .cloned()
+                    .unwrap_or_else(|| crate::events::fusion::Fusion::new(c.clone()))
+            })
+            .collect();
+        for id in &ended {
+            if !a.fusions.iter().any(|c| &c.id == id) && self.label_on.remove(id).is_some() {
+                self.clear_label_topics(id);
+                self.remember_removed(id);
+            }
+        }
+        for c in &a.fusions {
+            if !self.label_on.contains_key(&c.id) {
+                self.label_on.insert(c.id.clone(), false);
+                self.push(OutMessage::state(self.s.topics.label_state(&c.id), "OFF"));
+                let enabled = super::on_off(self.label_enabled(&c.id));
+                self.push(OutMessage::state(self.s.topics.label_enabled_state(&c.id), enabled));
+            }
+        }
+        self.s.fusions = a.fusions;
         for name in &gone {
             // A restarted or removed sensor's cosine statistics start again.
             self.zscores.forget(|s, _| s == name);

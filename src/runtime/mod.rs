@@ -465,6 +465,7 @@ fn controller(
         config_prompts_hash: plan.config_prompts_hash,
         prompts_origin: plan.prompts_origin,
         background: plan.background,
+        fusions: cfg.fusions.clone(),
         labels: cfg.labels.clone(),
         outbox: Arc::clone(outbox),
         stats: Arc::clone(stats),

@@ -4,7 +4,7 @@
 //!
 //! What a reload does, section by section:
 //! - `[[prompts]]`, `[events]`, `runtime.top_k`, `mqtt.labels`, `mqtt.embeddings`, `mqtt.homeassistant`,
-//!   `labels.zscore_*`: live;
+//!   `labels.zscore_*`, `[[fusions]]`: live;
 //! - `[[sources]]`: a source added is started, one removed is stopped, one whose settings changed is stopped and
 //!   started anew; the others keep running without a gap (their window sequence numbers continue);
 //!   `[preprocess]`, `runtime.ring_secs` and `runtime.ring_max_bytes` restart every source;
@@ -176,6 +176,7 @@ impl Running {
             mqtt: new.config.mqtt.clone(),
             top_k: new.config.runtime.top_k,
             labels: new.config.labels.clone(),
+            fusions: new.config.fusions.clone(),
             prompts,
             sensors,
             restarted: changes.changed,

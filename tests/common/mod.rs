@@ -1161,10 +1161,12 @@ pub fn check_scores(v: &serde_json::Value, prompts: usize) -> Vec<(String, f64)>
         assert!(l["cosine"].as_f64().unwrap().abs() <= 1.0 + 1e-5, "{v}");
     }
     assert!(scored.windows(2).all(|w| w[0].1 >= w[1].1), "highest score first: {v}");
+    // A softmax over the applicable prompts: the labels' scores sum to 1, or less when background prompts (never
+    // listed) take part.
     let sum: f64 = scored.iter().map(|(_, s)| s).sum();
     assert!(
-        (sum - 1.0).abs() < 1e-4,
-        "the scores are a softmax, summing to 1, not {sum}: {v}"
+        sum > 0.0 && sum <= 1.0 + 1e-4,
+        "the scores are part of a softmax, summing to at most 1, not {sum}: {v}"
     );
     scored
 }
