@@ -12,6 +12,7 @@
 use serde::Serialize;
 
 pub mod cache;
+pub mod exemplar;
 pub mod prompt;
 
 pub use cache::PromptCache;
