@@ -18,23 +18,21 @@ use crate::preprocess::{self, PreprocessConfig, PreprocessError};
 /// Why a file could not be embedded.
 #[derive(Debug, thiserror::Error)]
 pub enum ExemplarError {
-    /// The file could not be read or decoded.
-    #[error("{}: {source}", file.display())]
+    /// The file could not be read or decoded (the message names the file).
+    #[error("{cause}")]
     Preprocess {
         /// The file.
         file: PathBuf,
         /// What failed.
-        #[source]
-        source: PreprocessError,
+        cause: PreprocessError,
     },
     /// The tower failed on it.
-    #[error("{}: {source}", file.display())]
+    #[error("{}: {cause}", file.display())]
     Encode {
         /// The file.
         file: PathBuf,
         /// What failed.
-        #[source]
-        source: EncodeError,
+        cause: EncodeError,
     },
     /// The tower gave no usable embedding (no rows, or a zero vector).
     #[error("{}: the {modality} tower gave no usable embedding", file.display())]
@@ -57,13 +55,13 @@ pub fn embed_file(
     max_batch: usize,
 ) -> Result<Vec<f32>, ExemplarError> {
     let modality = encoder.info().modality;
-    let preprocess_error = |source| ExemplarError::Preprocess {
+    let preprocess_error = |cause| ExemplarError::Preprocess {
         file: file.to_path_buf(),
-        source,
+        cause,
     };
-    let encode_error = |source| ExemplarError::Encode {
+    let encode_error = |cause| ExemplarError::Encode {
         file: file.to_path_buf(),
-        source,
+        cause,
     };
     let tensor = preprocess::load(modality, file, config, tokenizer).map_err(preprocess_error)?;
     // Text files are already a batch of lines; every other file is one item without the batch dimension.

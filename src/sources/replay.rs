@@ -139,7 +139,7 @@ impl ReplaySource {
 /// replay of the file plays, and what `sensebind label --windows` cuts into windows. `emit` returns false to stop
 /// early. A video gives its frames at its frame rate, audio 20 ms blocks of its first channel at its sample rate,
 /// an IMU file its readings at its own times (from the first), a text file its non-empty lines every
-/// `1 / rate_hz` seconds, and an image (vision, depth, thermal) one frame at 0.
+/// `1 / rate_hz` seconds, and an image (vision, depth, thermal) one frame at 0. Errors name the file.
 pub fn read_samples(
     modality: Modality,
     file: &Path,
@@ -201,7 +201,7 @@ fn load_frame(modality: Modality, file: &Path, preprocess: &PreprocessConfig) ->
             let d = preprocess::depth::from_png_samples(g.width, g.height, &g.samples, &preprocess.depth);
             Ok(FrameImage::Depth(Arc::new(d)))
         }
-        other => Err(format!("{other} files are not frames")),
+        other => Err(format!("{name}: {other} files are not frames")),
     }
 }
 

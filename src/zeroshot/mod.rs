@@ -227,7 +227,7 @@ impl Bench {
         let mut pending: Vec<(Timestamp, Timestamp, Tensor)> = Vec::new();
         let mut out = Vec::new();
         let mut failed: Option<anyhow::Error> = None;
-        let mut skipped = 0usize;
+        let mut skipped: (usize, Option<String>) = (0, None);
         let cut = file_windows(
             self.modality,
             spec,
@@ -238,8 +238,10 @@ impl Bench {
                 match prepare(&raw, &self.prepare) {
                     Ok(input) => pending.push((raw.t0, raw.t1, input)),
                     Err(e) => {
-                        skipped += 1;
-                        tracing::warn!(file = %file.display(), t0_secs = raw.t0.0 as f64 / 1e9, error = %e, "Cannot preprocess a window; skipping.");
+                        skipped.0 += 1;
+                        skipped
+                            .1
+                            .get_or_insert(format!("at {:.3} s: {e}", raw.t0.0 as f64 / 1e9));
                     }
                 }
                 if pending.len() >= self.max_batch
@@ -254,17 +256,20 @@ impl Bench {
         if let Some(e) = failed {
             return Err(e.context(format!("embedding the windows of {}", file.display())));
         }
-        cut.map_err(|e| anyhow!("{}: {e}", file.display()))?;
+        cut.map_err(|e| anyhow!("{e}"))?; // read_samples names the file
         self.score_batch(&mut pending, &mut out)
             .with_context(|| format!("embedding the windows of {}", file.display()))?;
+        if let (n @ 1.., Some(first)) = &skipped {
+            tracing::warn!(file = %file.display(), windows = n, first = %first, "Windows that cannot be preprocessed were skipped, as the daemon skips them.");
+        }
         if out.is_empty() {
             bail!(
                 "{}: no window ({} s every {} s) fits in the recording{}",
                 file.display(),
                 spec.window_secs,
                 spec.hop_secs,
-                if skipped > 0 {
-                    format!("; {skipped} could not be preprocessed")
+                if skipped.0 > 0 {
+                    format!("; {} could not be preprocessed", skipped.0)
                 } else {
                     String::new()
                 }
