@@ -174,9 +174,18 @@ impl EventParams {
     /// Checks the values; the message names the field by its configuration key (`threshold` for `on`,
     /// `off_threshold` for `off`, `max_event_secs` for `max_event`).
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_in(0.0..=1.0)
+    }
+
+    /// [`EventParams::validate`] with thresholds on another scale (a cosine, a z-score).
+    pub fn validate_in(&self, range: std::ops::RangeInclusive<f32>) -> Result<(), String> {
         for (name, v) in [("threshold (on)", self.on), ("off_threshold (off)", self.off)] {
-            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
-                return Err(format!("{name} must be between 0 and 1, got {v}"));
+            if !(v.is_finite() && range.contains(&v)) {
+                return Err(format!(
+                    "{name} must be between {} and {}, got {v}",
+                    range.start(),
+                    range.end()
+                ));
             }
         }
         if self.off > self.on {

@@ -17,7 +17,7 @@ use sensebind::control::payloads::{
 use sensebind::events::EndReason;
 use sensebind::events::EventsConfig;
 use sensebind::labels::PromptConfig;
-use sensebind::labels::{LabelScore, Prompt, PromptSet};
+use sensebind::labels::{LabelScore, Prompt, PromptSet, ScoreMode};
 use sensebind::publish::Topics;
 use sensebind::publish::config::EmbeddingsConfig;
 use serde::Serialize;
@@ -42,12 +42,29 @@ fn ts() -> String {
 
 #[test]
 fn labels_payload_matches_its_schema_with_sensor_and_the_deprecated_source() {
-    let scores = vec![LabelScore {
-        label: "walking".into(),
-        score: 0.8,
-        cosine: 0.3,
-        active: true,
-    }];
+    let scores = vec![
+        LabelScore {
+            label: "walking".into(),
+            score: 0.8,
+            cosine: 0.3,
+            active: true,
+            mode: ScoreMode::Softmax,
+        },
+        LabelScore {
+            label: "knock".into(),
+            score: 4.2,
+            cosine: 0.31,
+            active: true,
+            mode: ScoreMode::Zscore,
+        },
+        LabelScore {
+            label: "door".into(),
+            score: -0.12,
+            cosine: -0.12,
+            active: false,
+            mode: ScoreMode::Cosine,
+        },
+    ];
     let msg = payloads::labels("dock-07", "imu0", "imu", times(), "imagebind-tiny@0123456789ab", scores);
     check("labels.schema.json", &msg);
     let v = serde_json::to_value(&msg).unwrap();
@@ -71,7 +88,11 @@ fn facts(kind: EventType) -> EventFacts {
         },
         score: 0.7,
         peak: 0.75,
-        thresholds: Some(Thresholds { on: 0.6, off: 0.48 }),
+        thresholds: Some(Thresholds {
+            on: 0.6,
+            off: 0.48,
+            mode: "softmax",
+        }),
         start_time: ts(),
         end: None,
         cause: Some(WindowCause {

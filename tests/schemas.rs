@@ -156,7 +156,7 @@ fn event() -> serde_json::Value {
     json!({
         "schema": "event/1", "type": "start", "id": "3-mic0-glass_break-1", "device": "dock-07", "sensor": "mic0",
         "modality": "audio", "label": "glass_break", "prompt": "the sound of glass breaking", "score": 0.71,
-        "peak": 0.71, "cos": 0.274, "thresholds": {"on": 0.6, "off": 0.48}, "runner_up": [{"label": "bell", "score": 0.2}],
+        "peak": 0.71, "cos": 0.274, "thresholds": {"on": 0.6, "off": 0.48, "mode": "softmax"}, "runner_up": [{"label": "bell", "score": 0.2}],
         "window": {"seq": 12, "t0": "2026-11-28T10:11:10.345Z", "t1": "2026-11-28T10:11:12.345Z", "latency_ms": 46.0},
         "start_time": "2026-11-28T10:11:12.345Z", "end_time": null, "end_reason": null, "duration_s": null,
         "ts": "2026-11-28T10:11:12.391Z", "seq": 0, "session": 3, "model": "imagebind-tiny@0123456789ab", "config_rev": 0
@@ -176,7 +176,8 @@ fn realistic_payloads_pass_and_broken_ones_fail_at_the_right_place() {
     validate("event.schema.json", &end).unwrap();
     let broken = [
         ("type", json!("begin"), "/type"),
-        ("score", json!(1.5), "/score: 1.5 is above maximum 1"),
+        ("score", json!("high"), "/score"),
+        ("thresholds", json!({"on": 0.6, "off": 0.48}), "/thresholds"),
         ("end_reason", json!("bored"), "/end_reason"),
         ("ts", json!("yesterday"), "/ts: \"yesterday\" does not match"),
         ("sensor", json!("Mic 0"), "/sensor"),

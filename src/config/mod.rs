@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::encode::{EngineOptions, ModelsConfig};
 use crate::events::EventsConfig;
 use crate::labels::PromptConfig;
+use crate::labels::background::LabelsConfig;
 use crate::modality::Modality;
 use crate::preprocess::PreprocessConfig;
 use crate::publish::config::MqttConfig;
@@ -55,6 +56,9 @@ pub struct Config {
     /// How label scores become events (defaults for every prompt; each prompt may override them).
     #[serde(default)]
     pub events: EventsConfig,
+    /// Background prompts and `zscore` statistics (docs/prompts.md).
+    #[serde(default)]
+    pub labels: LabelsConfig,
     /// The sensors.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,

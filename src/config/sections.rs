@@ -6,17 +6,19 @@ use crate::encode::ModelsConfig;
 use crate::events::EventsConfig;
 use crate::issues::Issues;
 use crate::labels::PromptConfig;
+use crate::labels::background::LabelsConfig;
 use crate::preprocess::PreprocessConfig;
 use crate::publish::config::MqttConfig;
 use crate::sources::config::SourceConfig;
 
-const TOP_KEYS: [&str; 8] = [
+const TOP_KEYS: [&str; 9] = [
     "device",
     "runtime",
     "models",
     "mqtt",
     "preprocess",
     "events",
+    "labels",
     "sources",
     "prompts",
 ];
@@ -30,6 +32,7 @@ pub(super) struct Parsed {
     pub(super) mqtt: bool,
     pub(super) preprocess: bool,
     pub(super) events: bool,
+    pub(super) labels: bool,
     /// Original index of each deserialised source, in order.
     pub(super) source_index: Vec<usize>,
     /// Original index of each deserialised prompt, in order.
@@ -48,6 +51,7 @@ impl Parsed {
             && self.mqtt
             && self.preprocess
             && self.events
+            && self.labels
             && self.source_index.len() == self.sources_total
             && self.prompt_index.len() == self.prompts_total
     }
@@ -112,6 +116,8 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
     parsed.preprocess = preprocess.is_some();
     let events = section::<EventsConfig>(table.get("events"), "events", issues);
     parsed.events = events.is_some();
+    let labels = section::<LabelsConfig>(table.get("labels"), "labels", issues);
+    parsed.labels = labels.is_some();
     let list = |key: &str, issues: &mut Issues| -> Vec<toml::Value> {
         match table.get(key) {
             None => Vec::new(),
@@ -157,6 +163,7 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
         mqtt: mqtt.unwrap_or_default(),
         preprocess: preprocess.unwrap_or_default(),
         events: events.unwrap_or_default(),
+        labels: labels.unwrap_or_default(),
         sources,
         prompts,
     };

@@ -34,6 +34,9 @@ pub(super) fn validate(c: &Config, parsed: &Parsed, issues: &mut Issues) {
     if parsed.events {
         c.events.validate(&mut issues.scope("events"));
     }
+    if parsed.labels {
+        c.labels.validate(&mut issues.scope("labels"));
+    }
     if parsed.preprocess {
         c.preprocess.depth.validate(&mut issues.scope("preprocess.depth"));
         c.preprocess.thermal.validate(&mut issues.scope("preprocess.thermal"));

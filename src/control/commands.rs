@@ -17,7 +17,7 @@ use super::Controller;
 use super::payloads::{self, CmdResult, PromptsOrigin};
 use super::reload::{RELOAD_QUEUE, ReloadOrigin, ReloadRequest};
 use crate::events::EndReason;
-use crate::labels::{PromptCache, PromptError, PromptSet, embed_prompts};
+use crate::labels::{PromptCache, PromptError, PromptSet, embed_with_background};
 use crate::labels::{PromptConfig, check_prompt};
 use crate::modality::Modality;
 use crate::publish::mqtt::Incoming;
@@ -392,7 +392,7 @@ impl Controller {
                 self.publish_sensor_state(&info);
             }
             Switch::Label => {
-                if !self.prompts().prompts().iter().any(|p| p.id == name) {
+                if !self.prompts().labels().any(|p| p.id == name) {
                     self.respond(&command, None, Err(vec![format!("no label is named {name:?}")]));
                     return;
                 }
@@ -454,9 +454,16 @@ impl Controller {
             return;
         };
         let mut cache = self.s.cache.take();
-        let list = configs.clone();
+        let (list, background) = (configs.clone(), self.s.background.clone());
         let handle = runtime.spawn_blocking(move || {
-            let set = embed_prompts(&list, text.encoder.as_ref(), &text.sha256, &text.tokenizer, &mut cache);
+            let set = embed_with_background(
+                &list,
+                &background,
+                text.encoder.as_ref(),
+                &text.sha256,
+                &text.tokenizer,
+                &mut cache,
+            );
             (set, cache)
         });
         self.pending = Some(PendingUpdate {
@@ -520,8 +527,17 @@ impl Controller {
             st.disabled_labels.remove(id);
             st.published_labels.remove(id);
         }
-        for u in &update.upsert {
+        for u in update.upsert.iter().filter(|u| u.role.is_label()) {
             st.published_labels.insert(u.id.clone());
+        }
+        for u in update.upsert.iter().filter(|u| !u.role.is_label()) {
+            // A label turned into a background prompt: no longer published.
+            st.published_labels.remove(&u.id);
+            st.disabled_labels.remove(&u.id);
+        }
+        for id in &changed {
+            // Its text (or mode) may have changed: its cosine statistics start again.
+            self.zscores.forget(|_, p| p == id);
         }
         self.s.stats.config_rev.store(st.config_rev, Ordering::Relaxed);
         self.s
@@ -544,7 +560,14 @@ impl Controller {
             self.clear_label_topics(id);
             self.remember_removed(id);
         }
-        for u in &update.upsert {
+        for u in update.upsert.iter().filter(|u| !u.role.is_label()) {
+            // Background prompts have no topics; one that was a label loses its topics and entities.
+            if self.label_on.remove(&u.id).is_some() {
+                self.clear_label_topics(&u.id);
+                self.remember_removed(&u.id);
+            }
+        }
+        for u in update.upsert.iter().filter(|u| u.role.is_label()) {
             self.removed_labels.remove(&u.id);
             self.label_on.insert(u.id.clone(), false);
             self.push(OutMessage::state(self.s.topics.label_state(&u.id), "OFF"));

@@ -32,7 +32,7 @@ use crate::clock::{self, ProcessTime, TimeSource, Timestamp};
 use crate::encode::Encoder;
 use crate::events::EventsConfig;
 use crate::events::{EndReason, Tracker, Transition, TransitionKind};
-use crate::labels::{LabelScore, PromptCache, PromptSet};
+use crate::labels::{LabelScore, PromptCache, PromptSet, ScoreMode};
 use crate::modality::Modality;
 use crate::preprocess::text::Tokenizer;
 use crate::publish::config::{EmbeddingMode, MqttConfig};
@@ -68,6 +68,9 @@ pub struct Scored {
     /// Every applicable label, best first.
     pub labels: Vec<LabelScore>,
 }
+
+/// How often the running z-score statistics are saved with the runtime state.
+pub const ZSCORE_SAVE: Duration = Duration::from_secs(30);
 
 /// Capacity of the queue from the encoder workers to the controller.
 pub const SCORED_QUEUE: usize = 1024;
@@ -157,6 +160,10 @@ pub struct ControllerSetup {
     pub outbox: Arc<Outbox>,
     /// Counters.
     pub stats: Arc<ControlStats>,
+    /// The shipped background prompts (`labels.default_background`), embedded with every prompt update.
+    pub background: Vec<crate::labels::PromptConfig>,
+    /// `[labels]`: `zscore` warm-up and memory.
+    pub labels: crate::labels::background::LabelsConfig,
     /// sha256 of the configuration file.
     pub config_hash: String,
     /// Where a `cmd` `reload` goes (the supervisor); `None`: this daemon cannot reload.
@@ -192,6 +199,10 @@ pub struct Controller {
     queued: VecDeque<commands::PromptUpdate>,
     /// Sensors removed by reloads (their Home Assistant entities are removed).
     removed_sensors: BTreeSet<String>,
+    /// Running statistics of `zscore` labels (saved in the state file every [`ZSCORE_SAVE`]).
+    zscores: crate::labels::zscore::ZScores,
+    /// When the z-score statistics were last handed to the state writer.
+    zscores_saved: std::time::Instant,
     /// The configuration file running and what the last reload did.
     file: payloads::FileState,
 }
@@ -223,6 +234,8 @@ impl Controller {
                 ..payloads::FileState::default()
             },
             removed_sensors: BTreeSet::new(),
+            zscores: crate::labels::zscore::ZScores::from_saved(s.state.state.zscores.clone()),
+            zscores_saved: std::time::Instant::now(),
             s,
             trackers: BTreeMap::new(),
             label_on: BTreeMap::new(),
@@ -332,7 +345,7 @@ impl Controller {
         self.push(OutMessage::state(t.availability(), "online"));
         self.close_events_left_open();
         // Labels of earlier runs that no longer exist: clear their retained topics.
-        let current: BTreeSet<String> = self.prompts().prompts().iter().map(|p| p.id.clone()).collect();
+        let current: BTreeSet<String> = self.prompts().labels().map(|p| p.id.clone()).collect();
         let published = &self.s.state.state.published_labels;
         let stale: Vec<String> = published.difference(&current).cloned().collect();
         for label in &stale {
@@ -350,7 +363,7 @@ impl Controller {
             self.online.insert(sensor.name.clone(), online);
             self.publish_sensor_state(&sensor);
         }
-        for p in self.prompts().prompts() {
+        for p in self.prompts().labels() {
             self.label_on.insert(p.id.clone(), false);
             self.push(OutMessage::state(t.label_state(&p.id), "OFF"));
             let enabled = on_off(self.label_enabled(&p.id));
@@ -488,7 +501,7 @@ impl Controller {
             return;
         }
         let current = self.prompts();
-        let labels = current.prompts().iter().map(|p| {
+        let labels = current.labels().map(|p| {
             let modality = self
                 .s
                 .sensors
@@ -505,7 +518,7 @@ impl Controller {
             });
             (p.id.clone(), class)
         });
-        let now: BTreeSet<&str> = current.prompts().iter().map(|p| p.id.as_str()).collect();
+        let now: BTreeSet<&str> = current.labels().map(|p| p.id.as_str()).collect();
         let payload = payloads::discovery(payloads::DiscoveryInput {
             device: &self.s.device,
             device_name: &self.s.device_name,
@@ -547,8 +560,9 @@ impl Controller {
             t1: w.t1,
             now: self.now(),
         };
+        let scores = self.standardise(&sensor.name, &w.labels);
         if self.s.mqtt.labels {
-            let top = w.labels.iter().take(self.s.top_k.max(1)).cloned().collect();
+            let top = scores.iter().take(self.s.top_k.max(1)).cloned().collect();
             let modality = w.modality.to_string();
             let payload = payloads::labels(&self.s.device, &w.source, &modality, times, &w.model, top);
             let qos = self.s.mqtt.qos;
@@ -560,7 +574,7 @@ impl Controller {
         let prompts = self.prompts();
         let t = Duration::from_nanos(w.t1.0);
         let idle_grace = Duration::from_secs_f64(sensor.hop_secs * 2.0 + 1.0);
-        for (rank, ls) in w.labels.iter().enumerate() {
+        for (rank, ls) in scores.iter().enumerate() {
             if !self.label_enabled(&ls.label) {
                 continue;
             }
@@ -578,7 +592,7 @@ impl Controller {
             slot.last_t = slot.last_t.max(t);
             let at = slot.last_t;
             if let Some(tr) = slot.tracker.observe(at, ls.score) {
-                let runner_up = w.labels.iter().enumerate().filter(|(i, _)| *i != rank).take(2);
+                let runner_up = scores.iter().enumerate().filter(|(i, _)| *i != rank).take(2);
                 let cause = WindowCause {
                     cos: ls.cosine,
                     runner_up: runner_up
@@ -594,6 +608,28 @@ impl Controller {
             }
         }
         self.maybe_embedding(w, &sensor);
+    }
+
+    /// The window's scores with `zscore` labels standardised by their running statistics (0 and inactive while
+    /// warming up), best first.
+    fn standardise(&mut self, sensor: &str, labels: &[LabelScore]) -> Vec<LabelScore> {
+        let mut scores = labels.to_vec();
+        if !scores.iter().any(|l| l.mode == ScoreMode::Zscore) {
+            return scores;
+        }
+        let prompts = self.prompts();
+        let (warmup, memory) = (self.s.labels.zscore_warmup_windows, self.s.labels.zscore_memory_windows);
+        for ls in scores.iter_mut().filter(|l| l.mode == ScoreMode::Zscore) {
+            let threshold = prompts
+                .labels()
+                .find(|p| p.id == ls.label)
+                .map_or(f32::INFINITY, |p| p.config.threshold);
+            let z = self.zscores.standardise(sensor, &ls.label, ls.cosine, warmup, memory);
+            ls.score = z.unwrap_or(0.0);
+            ls.active = z.is_some_and(|z| z >= threshold);
+        }
+        scores.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.label.cmp(&b.label)));
+        scores
     }
 
     fn maybe_embedding(&mut self, w: &Scored, sensor: &SensorInfo) {
@@ -650,6 +686,7 @@ impl Controller {
         let thresholds = payloads::Thresholds {
             on: params.on,
             off: params.off,
+            mode: prompt.map(|p| p.config.mode).unwrap_or_default().as_str(),
         };
         let modality = slot.modality.to_string();
         let id = match (tr.kind, &slot.event_id) {
@@ -755,6 +792,11 @@ impl Controller {
     }
 
     fn on_tick(&mut self) {
+        if self.zscores_saved.elapsed() >= ZSCORE_SAVE && self.zscores.saved() != &self.s.state.state.zscores {
+            self.s.state.state.zscores = self.zscores.saved().clone();
+            self.zscores_saved = std::time::Instant::now();
+            self.save_state();
+        }
         // Sensors that went offline or came back.
         for sensor in self.s.sensors.clone() {
             let online = !sensor.stats.offline.load(Ordering::SeqCst);
@@ -787,6 +829,7 @@ impl Controller {
     }
 
     fn shutdown(&mut self) {
+        self.s.state.state.zscores = self.zscores.saved().clone();
         self.abandon_prompt_updates();
         self.end_where(EndReason::Shutdown, |_, _| true);
         let labels: Vec<String> = self.label_on.keys().cloned().collect();
@@ -843,6 +886,8 @@ mod tests {
             prompts_origin: "config",
             outbox: Arc::clone(&outbox),
             stats: Arc::default(),
+            background: Vec::new(),
+            labels: crate::labels::background::LabelsConfig::default(),
             config_hash: "c0ffee".into(),
             reload_requests: None,
             reloads: Arc::default(),
@@ -864,6 +909,7 @@ mod tests {
                 score,
                 cosine: 0.5,
                 active: score >= 0.6,
+                mode: ScoreMode::Softmax,
             }],
         }
     }

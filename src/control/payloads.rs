@@ -150,6 +150,8 @@ pub struct Thresholds {
     pub on: f32,
     /// Release.
     pub off: f32,
+    /// The scale of `score` and the thresholds: `softmax`, `cosine` or `zscore`.
+    pub mode: &'static str,
 }
 
 /// Another label of the same window.
@@ -588,6 +590,10 @@ pub struct PromptState {
     pub enabled: bool,
     /// First 12 hex digits of the sha256 of the embedding.
     pub embedding_sha: String,
+    /// `label` or `background`.
+    pub role: crate::labels::PromptRole,
+    /// `softmax`, `cosine` or `zscore`.
+    pub mode: crate::labels::ScoreMode,
 }
 
 /// `prompts-state/1`.
@@ -634,6 +640,8 @@ pub fn prompts_state(
                 },
                 enabled: !disabled.contains(&p.id),
                 embedding_sha: crate::util::hex(&Sha256::digest(&bytes))[..12].to_owned(),
+                role: p.config.role,
+                mode: p.config.mode,
             }
         })
         .collect();

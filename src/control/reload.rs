@@ -96,6 +96,8 @@ pub struct Applied {
     pub mqtt: MqttConfig,
     /// Labels per `labels/{sensor}` message.
     pub top_k: usize,
+    /// `[labels]` (`zscore` warm-up and memory; the shipped background prompts change at the next start).
+    pub labels: crate::labels::background::LabelsConfig,
     /// The file's prompts and their hash, when they differ from the last file's (the file then wins over prompts
     /// set over MQTT, as at start).
     pub prompts: Option<(Vec<PromptConfig>, String)>,
@@ -148,6 +150,11 @@ impl Controller {
         self.s.events = a.events;
         self.s.mqtt = a.mqtt;
         self.s.top_k = a.top_k;
+        self.s.labels = a.labels;
+        for name in &gone {
+            // A restarted or removed sensor's cosine statistics start again.
+            self.zscores.forget(|s, _| s == name);
+        }
         let known: BTreeSet<String> = self.s.sensors.iter().map(|s| s.name.clone()).collect();
         self.s.sensors = a.sensors;
         for sensor in self.s.sensors.clone() {

@@ -55,6 +55,9 @@ pub struct RuntimeState {
     pub published_labels: BTreeSet<String>,
     /// Events started and not ended, by id.
     pub open_events: BTreeMap<String, OpenEvent>,
+    /// Running cosine statistics of `zscore` labels, by `sensor/label`.
+    #[serde(default)]
+    pub zscores: BTreeMap<String, crate::labels::zscore::Running>,
 }
 
 /// The runtime state and its file.

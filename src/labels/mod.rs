@@ -11,12 +11,14 @@
 
 use serde::Serialize;
 
+pub mod background;
 pub mod cache;
 pub mod exemplar;
 pub mod prompt;
+pub mod zscore;
 
 pub use cache::PromptCache;
-pub use prompt::{PromptConfig, check_prompt};
+pub use prompt::{PromptConfig, PromptRole, ScoreMode, check_prompt};
 
 use crate::encode::{EncodeError, Encoder};
 use crate::modality::Modality;
@@ -45,32 +47,60 @@ pub struct LabelScore {
     pub score: f32,
     /// Cosine similarity between the window and the prompt.
     pub cosine: f32,
-    /// Whether `score` reached the prompt's threshold.
+    /// Whether `score` reached the prompt's threshold (for `zscore`, decided by the controller).
     pub active: bool,
+    /// How `score` was computed.
+    pub mode: ScoreMode,
 }
 
 /// The active prompt set.
 #[derive(Debug, Clone, Default)]
 pub struct PromptSet {
     prompts: Vec<Prompt>,
+    /// The shipped background prompts (`labels.default_background`), not part of the configuration.
+    background: Vec<Prompt>,
 }
 
 impl PromptSet {
     /// A set of already embedded prompts.
     pub fn new(prompts: Vec<Prompt>) -> Self {
-        Self { prompts }
+        Self {
+            prompts,
+            background: Vec::new(),
+        }
     }
 
-    /// The prompts.
+    /// The same set with the shipped background prompts `background`.
+    #[must_use]
+    pub fn with_background(mut self, background: Vec<Prompt>) -> Self {
+        self.background = background;
+        self
+    }
+
+    /// The configured prompts (labels and the configuration's own background prompts).
     pub fn prompts(&self) -> &[Prompt] {
         &self.prompts
     }
 
-    /// Scores a window embedding; returns the `top_k` best labels (highest score first).
+    /// The labels: configured prompts with `role = "label"`.
+    pub fn labels(&self) -> impl Iterator<Item = &Prompt> {
+        self.prompts.iter().filter(|p| p.config.role.is_label())
+    }
+
+    /// The shipped background prompts in use.
+    pub fn shipped_background(&self) -> &[Prompt] {
+        &self.background
+    }
+
+    /// Scores a window embedding; returns the `top_k` best labels (highest score first). The softmax runs over
+    /// every applicable prompt, background prompts included; only labels are returned. A `cosine` label's score is
+    /// its cosine; a `zscore` label's is its cosine too, standardised afterwards by the controller
+    /// ([`zscore::ZScores`]), which also decides whether it is active.
     pub fn score(&self, embedding: &[f32], modality: Modality, source: &str, top_k: usize) -> Vec<LabelScore> {
         let applicable: Vec<&Prompt> = self
             .prompts
             .iter()
+            .chain(&self.background)
             .filter(|p| p.config.applies_to(modality, source))
             .collect();
         if applicable.is_empty() {
@@ -88,14 +118,22 @@ impl PromptSet {
         let mut scores: Vec<LabelScore> = applicable
             .iter()
             .zip(logits.iter().zip(&exps))
+            .filter(|(p, _)| p.config.role.is_label())
             .map(|(p, (&logit, &e))| {
-                let score = if total > 0.0 { e / total } else { 0.0 };
                 let denom = wn * norm(&p.embedding);
+                let cosine = if denom > 0.0 { logit / denom } else { 0.0 };
+                let mode = p.config.mode;
+                let score = match mode {
+                    ScoreMode::Softmax if total > 0.0 => e / total,
+                    ScoreMode::Softmax => 0.0,
+                    ScoreMode::Cosine | ScoreMode::Zscore => cosine,
+                };
                 LabelScore {
                     label: p.id.clone(),
                     score,
-                    cosine: if denom > 0.0 { logit / denom } else { 0.0 },
-                    active: score >= p.config.threshold,
+                    cosine,
+                    active: mode != ScoreMode::Zscore && score >= p.config.threshold,
+                    mode,
                 }
             })
             .collect();
@@ -160,7 +198,21 @@ pub fn embed_prompts(
             embedding: ensemble(&embeddings, dim),
         });
     }
-    Ok(PromptSet { prompts })
+    Ok(PromptSet::new(prompts))
+}
+
+/// [`embed_prompts`] for the configured prompts and the shipped background prompts `background` together.
+pub fn embed_with_background(
+    configs: &[PromptConfig],
+    background: &[PromptConfig],
+    text_encoder: &dyn Encoder,
+    text_model_sha: &str,
+    tokenizer: &Tokenizer,
+    cache: &mut PromptCache,
+) -> Result<PromptSet, PromptError> {
+    let set = embed_prompts(configs, text_encoder, text_model_sha, tokenizer, cache)?;
+    let shipped = embed_prompts(background, text_encoder, text_model_sha, tokenizer, cache)?;
+    Ok(set.with_background(shipped.prompts))
 }
 
 /// One text through the text tower.
@@ -219,13 +271,11 @@ mod tests {
 
     #[test]
     fn scores_are_a_softmax_of_scaled_dot_products() {
-        let set = PromptSet {
-            prompts: vec![
-                prompt("a", vec![10.0, 0.0], vec![]),
-                prompt("b", vec![0.0, 10.0], vec![]),
-                prompt("c", vec![0.0, 10.0], vec![Modality::Depth]),
-            ],
-        };
+        let set = PromptSet::new(vec![
+            prompt("a", vec![10.0, 0.0], vec![]),
+            prompt("b", vec![0.0, 10.0], vec![]),
+            prompt("c", vec![0.0, 10.0], vec![Modality::Depth]),
+        ]);
         let s = set.score(&[0.6, 0.8], Modality::Audio, "mic", 5);
         assert_eq!(s.len(), 2, "c applies to depth only");
         assert_eq!(s[0].label, "b");
@@ -257,19 +307,54 @@ mod tests {
         assert!((norm - 10.0).abs() < 1e-4, "{norm}");
         assert!((ens[0] - ens[1]).abs() < 1e-6 && ens[2] == 0.0);
         // A window along the bisector: the ensemble beats either phrasing alone.
-        let set = PromptSet {
-            prompts: vec![
-                Prompt {
-                    embedding: ens,
-                    ..prompt("both", vec![], vec![])
-                },
-                prompt("other", vec![0.0, 0.0, 10.0], vec![]),
-            ],
-        };
+        let set = PromptSet::new(vec![
+            Prompt {
+                embedding: ens,
+                ..prompt("both", vec![], vec![])
+            },
+            prompt("other", vec![0.0, 0.0, 10.0], vec![]),
+        ]);
         let w = [0.707f32, 0.707, 0.0];
         let s = set.score(&w, Modality::Audio, "mic", 2);
         assert_eq!(s[0].label, "both");
         assert!((s[0].cosine - 1.0).abs() < 1e-3, "{}", s[0].cosine);
         assert_eq!(ensemble(&[vec![0.0; 3]], 3), vec![0.0; 3], "a zero vector is left out");
+    }
+
+    #[test]
+    fn background_prompts_take_part_in_the_softmax_and_are_never_returned() {
+        let alone = PromptSet::new(vec![prompt("knock", vec![10.0, 0.0], vec![])]);
+        let s = alone.score(&[0.0, 1.0], Modality::Audio, "mic", 5);
+        assert_eq!(s[0].score, 1.0, "one prompt alone always scores 1");
+        let mut quiet = prompt("quiet", vec![0.0, 10.0], vec![]);
+        quiet.config.role = PromptRole::Background;
+        let with_user_bg = PromptSet::new(vec![prompt("knock", vec![10.0, 0.0], vec![]), quiet.clone()]);
+        let shipped = PromptSet::new(vec![prompt("knock", vec![10.0, 0.0], vec![])]).with_background(vec![quiet]);
+        for set in [with_user_bg, shipped] {
+            let s = set.score(&[0.0, 1.0], Modality::Audio, "mic", 5);
+            assert_eq!(s.len(), 1, "only the label is returned: {s:?}");
+            assert_eq!(s[0].label, "knock");
+            let want = 1.0 / (1.0 + 10f32.exp());
+            assert!((s[0].score - want).abs() < 1e-6, "{}", s[0].score);
+            assert!(!s[0].active);
+            assert_eq!(set.labels().count(), 1);
+        }
+    }
+
+    #[test]
+    fn cosine_and_zscore_labels_score_their_cosine() {
+        let mut raw = prompt("raw", vec![10.0, 0.0], vec![]);
+        raw.config.mode = ScoreMode::Cosine;
+        raw.config.threshold = 0.5;
+        let mut z = prompt("z", vec![0.0, 10.0], vec![]);
+        z.config.mode = ScoreMode::Zscore;
+        z.config.threshold = -1.0;
+        let set = PromptSet::new(vec![raw, z]);
+        let s = set.score(&[0.6, 0.8], Modality::Audio, "mic", 5);
+        let by = |l: &str| s.iter().find(|x| x.label == l).unwrap().clone();
+        assert!((by("raw").score - 0.6).abs() < 1e-6 && by("raw").active);
+        assert_eq!(by("raw").mode, ScoreMode::Cosine);
+        assert!((by("z").score - 0.8).abs() < 1e-6);
+        assert!(!by("z").active, "the controller decides once standardised");
     }
 }

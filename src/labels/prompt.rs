@@ -60,6 +60,73 @@ pub struct PromptConfig {
     /// `motion` for IMU, `occupancy` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_class: Option<String>,
+    /// `label` (default): scored, with events, label states and Home Assistant entities. `background`: takes part in
+    /// the softmax of the windows it applies to ("silence", "an empty room") and never produces events, states,
+    /// retained topics or entities.
+    #[serde(default, skip_serializing_if = "PromptRole::is_label")]
+    pub role: PromptRole,
+    /// How the score is computed (docs/prompts.md): `softmax` (default; ImageBind's zero-shot probability among the
+    /// applicable prompts, background prompts included), `cosine` (the raw cosine similarity, -1…1, thresholded
+    /// directly) or `zscore` (the cosine standardised by running statistics per sensor and prompt, kept in the
+    /// state directory; no event before `labels.zscore_warmup_windows` windows). `threshold` is on that scale.
+    #[serde(default, skip_serializing_if = "ScoreMode::is_softmax")]
+    pub mode: ScoreMode,
+}
+
+/// What a prompt is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptRole {
+    /// A label: events, states, entities.
+    #[default]
+    Label,
+    /// Only part of the softmax of the windows it applies to.
+    Background,
+}
+
+impl PromptRole {
+    /// True for [`PromptRole::Label`].
+    pub fn is_label(&self) -> bool {
+        *self == Self::Label
+    }
+}
+
+/// How a label's score is computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreMode {
+    /// Softmax probability among the applicable prompts (0…1).
+    #[default]
+    Softmax,
+    /// Raw cosine similarity (-1…1).
+    Cosine,
+    /// Cosine standardised by running per-(sensor, prompt) statistics (standard deviations).
+    Zscore,
+}
+
+impl ScoreMode {
+    /// True for [`ScoreMode::Softmax`].
+    pub fn is_softmax(&self) -> bool {
+        *self == Self::Softmax
+    }
+
+    /// The values a threshold may take in this mode.
+    pub fn threshold_range(self) -> std::ops::RangeInclusive<f32> {
+        match self {
+            Self::Softmax => 0.0..=1.0,
+            Self::Cosine => -1.0..=1.0,
+            Self::Zscore => -50.0..=50.0,
+        }
+    }
+
+    /// The name in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Softmax => "softmax",
+            Self::Cosine => "cosine",
+            Self::Zscore => "zscore",
+        }
+    }
 }
 
 fn default_threshold() -> f32 {
@@ -85,6 +152,17 @@ impl PromptConfig {
             cooldown_secs: None,
             max_event_secs: None,
             device_class: None,
+            role: PromptRole::Label,
+            mode: ScoreMode::Softmax,
+        }
+    }
+
+    /// A background prompt for `modalities`.
+    pub fn background(id: &str, text: &str, modalities: &[Modality]) -> Self {
+        Self {
+            modalities: modalities.to_vec(),
+            role: PromptRole::Background,
+            ..Self::new(id, text)
         }
     }
 
@@ -99,9 +177,14 @@ impl PromptConfig {
             && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
     }
 
-    /// The off threshold (default 0.8 × `threshold`).
+    /// The off threshold (default: 0.8 × `threshold` for softmax; `threshold` − 0.05 for cosine; `threshold` − 1
+    /// for zscore).
     pub fn off(&self) -> f32 {
-        self.off_threshold.unwrap_or(self.threshold * 0.8)
+        self.off_threshold.unwrap_or(match self.mode {
+            ScoreMode::Softmax => self.threshold * 0.8,
+            ScoreMode::Cosine => self.threshold - 0.05,
+            ScoreMode::Zscore => self.threshold - 1.0,
+        })
     }
 
     /// The event parameters of this prompt: its own keys over the `[events]` defaults.
@@ -169,20 +252,37 @@ pub fn check_prompt(
             format!("{:?} is not a valid id: use [a-z0-9_-], at most 64 characters", pr.id),
         );
     }
+    if pr.id.starts_with("_background-") {
+        issues.push(
+            "id",
+            "ids starting with _background- are reserved for the shipped background prompts",
+        );
+    }
     check_texts(&pr.all_texts(), issues);
-    if !(0.0..=1.0).contains(&pr.threshold) {
-        issues.push("threshold", format!("must be between 0 and 1, got {}", pr.threshold));
+    let range = pr.mode.threshold_range();
+    let (lo, hi, mode) = (range.start(), range.end(), pr.mode.as_str());
+    if !range.contains(&pr.threshold) {
+        issues.push(
+            "threshold",
+            format!("must be between {lo} and {hi} in mode {mode}, got {}", pr.threshold),
+        );
     }
     if let Some(off) = pr.off_threshold
-        && !(0.0..=1.0).contains(&off)
+        && !range.contains(&off)
     {
-        issues.push("off_threshold", format!("must be between 0 and 1, got {off}"));
+        issues.push(
+            "off_threshold",
+            format!("must be between {lo} and {hi} in mode {mode}, got {off}"),
+        );
     }
-    if (0.0..=1.0).contains(&pr.threshold)
-        && pr.off_threshold.is_none_or(|o| (0.0..=1.0).contains(&o))
-        && let Err(e) = pr.event_params(events).validate()
+    if range.contains(&pr.threshold)
+        && pr.off_threshold.is_none_or(|o| range.contains(&o))
+        && let Err(e) = pr.event_params(events).validate_in(range.clone())
     {
         issues.push("threshold", e);
+    }
+    if pr.role == PromptRole::Background && pr.device_class.is_some() {
+        issues.push("device_class", "a background prompt has no Home Assistant entity");
     }
     for (key, v) in [
         ("hold_secs", pr.hold_secs),

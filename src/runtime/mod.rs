@@ -264,7 +264,7 @@ pub async fn run(
     metrics.prompt_cache_evictions = cache.evictions();
     let (prompt_set, cache) = or_stopped!(stages::embed_start_prompts(
         encoders.text.clone(),
-        plan.prompts.clone(),
+        (plan.prompts.clone(), plan.background.clone()),
         cache,
         plan.prompts_origin,
     ))?;
@@ -448,6 +448,8 @@ fn controller(
         state: plan.state,
         config_prompts_hash: plan.config_prompts_hash,
         prompts_origin: plan.prompts_origin,
+        background: plan.background,
+        labels: cfg.labels.clone(),
         outbox: Arc::clone(outbox),
         stats: Arc::clone(stats),
         config_hash: loaded.sha256.clone(),

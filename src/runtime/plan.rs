@@ -34,6 +34,8 @@ pub struct Plan {
     pub mqtt: Option<MqttSettings>,
     /// The topic tree.
     pub topics: Topics,
+    /// The shipped background prompts of the source modalities (`labels.default_background`).
+    pub background: Vec<PromptConfig>,
 }
 
 impl Plan {
@@ -62,6 +64,7 @@ impl Plan {
         } else {
             None
         };
+        let background = cfg.labels.background(&modalities);
         Ok(Self {
             state_dir,
             state,
@@ -72,6 +75,7 @@ impl Plan {
             need_text,
             mqtt,
             topics: Topics::new(&cfg.mqtt.prefix, &cfg.device.id),
+            background,
         })
     }
 

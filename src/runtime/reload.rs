@@ -3,7 +3,8 @@
 //! the rest in its task (`control::reload`).
 //!
 //! What a reload does, section by section:
-//! - `[[prompts]]`, `[events]`, `runtime.top_k`, `mqtt.labels`, `mqtt.embeddings`, `mqtt.homeassistant`: live;
+//! - `[[prompts]]`, `[events]`, `runtime.top_k`, `mqtt.labels`, `mqtt.embeddings`, `mqtt.homeassistant`,
+//!   `labels.zscore_*`: live;
 //! - `[[sources]]`: a source added is started, one removed is stopped, one whose settings changed is stopped and
 //!   started anew; the others keep running without a gap (their window sequence numbers continue);
 //!   `[preprocess]`, `runtime.ring_secs` and `runtime.ring_max_bytes` restart every source;
@@ -24,6 +25,8 @@ use crate::control::{Applied, Reload, ReloadRequest, prompts_hash};
 
 /// `mqtt` keys applied live; the others are the connection.
 const LIVE_MQTT: &[&str] = &["labels", "embeddings", "homeassistant"];
+/// `labels` keys applied live (the shipped background prompts are embedded at start).
+const LIVE_LABELS: &[&str] = &["zscore_warmup_windows", "zscore_memory_windows"];
 /// `runtime` keys applied live.
 const LIVE_RUNTIME: &[&str] = &["top_k"];
 /// `runtime` keys that restart every source (the rings are sized by them).
@@ -52,6 +55,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     pending.extend(changed_keys("mqtt", &old.mqtt, &new.mqtt, LIVE_MQTT));
     let live_or_rings: Vec<&str> = LIVE_RUNTIME.iter().chain(RING_RUNTIME).copied().collect();
     pending.extend(changed_keys("runtime", &old.runtime, &new.runtime, &live_or_rings));
+    pending.extend(changed_keys("labels", &old.labels, &new.labels, LIVE_LABELS));
     let restart_all = value(&old.preprocess) != value(&new.preprocess)
         || RING_RUNTIME
             .iter()
@@ -114,6 +118,7 @@ fn effective(current: &LoadedConfig, new: LoadedConfig, kept_sources: &[String])
     (runtime.top_k, runtime.ring_secs, runtime.ring_max_bytes) =
         (cfg.runtime.top_k, cfg.runtime.ring_secs, cfg.runtime.ring_max_bytes);
     cfg.runtime = runtime;
+    cfg.labels.default_background = old.labels.default_background;
     // A source that could not be started keeps its old settings (or stays absent).
     for name in kept_sources {
         let old_entry = old.sources.iter().find(|s| s.name() == name).cloned();
@@ -170,6 +175,7 @@ impl Running {
             events: new.config.events.clone(),
             mqtt: new.config.mqtt.clone(),
             top_k: new.config.runtime.top_k,
+            labels: new.config.labels.clone(),
             prompts,
             sensors,
             restarted: changes.changed,

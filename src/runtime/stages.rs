@@ -18,7 +18,7 @@ use crate::config::LoadedConfig;
 use crate::control::payloads::ModelInfo;
 use crate::control::{ControlStats, SensorInfo, TextTower};
 use crate::encode::{Encoder, ModelDir, ModelSource, engine};
-use crate::labels::{PromptCache, PromptConfig, PromptSet, embed_prompts};
+use crate::labels::{PromptCache, PromptConfig, PromptSet, embed_with_background};
 use crate::modality::Modality;
 use crate::preprocess::text::Tokenizer;
 use crate::publish::mqtt::{self, FirstConnect, MqttSettings, MqttStats};
@@ -125,7 +125,7 @@ fn load_encoders_blocking(
 /// handed back for the controller's later updates).
 pub async fn embed_start_prompts(
     text: Option<TextTower>,
-    prompts: Vec<PromptConfig>,
+    (prompts, background): (Vec<PromptConfig>, Vec<PromptConfig>),
     mut cache: PromptCache,
     origin: &'static str,
 ) -> anyhow::Result<(PromptSet, PromptCache)> {
@@ -133,12 +133,20 @@ pub async fn embed_start_prompts(
         return Ok((PromptSet::default(), cache));
     };
     tokio::task::spawn_blocking(move || {
-        let set = embed_prompts(&prompts, t.encoder.as_ref(), &t.sha256, &t.tokenizer, &mut cache)?;
+        let set = embed_with_background(
+            &prompts,
+            &background,
+            t.encoder.as_ref(),
+            &t.sha256,
+            &t.tokenizer,
+            &mut cache,
+        )?;
         if let Err(e) = cache.save() {
             tracing::warn!(error = %e, "Cannot save the prompt cache.");
         }
         tracing::info!(
             prompts = set.prompts().len(),
+            shipped_background = set.shipped_background().len(),
             cached = cache.len(),
             origin,
             "Prompts embedded."

@@ -858,6 +858,11 @@ stats_interval_secs = 1
 [models]
 dir = {models}
 
+# These tests pin the two-prompt softmax of the tiny models (walking_not_still); the shipped background prompts
+# are tested on their own (tests/labels_daemon.rs).
+[labels]
+default_background = false
+
 [mqtt]
 url = "{url}"
 {rest}
@@ -879,6 +884,8 @@ state_dir = {state}
 [models]
 dir = {dir}
 {models}
+[labels]
+default_background = false
 [mqtt]
 enabled = false
 {rest}
