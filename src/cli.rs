@@ -188,6 +188,17 @@ pub struct BackendArgs {
     pub ort_spinning: bool,
 }
 
+/// `--mode` values.
+fn parse_mode(s: &str) -> Result<crate::labels::ScoreMode, String> {
+    use crate::labels::ScoreMode;
+    match s {
+        "softmax" => Ok(ScoreMode::Softmax),
+        "cosine" => Ok(ScoreMode::Cosine),
+        "zscore" => Ok(ScoreMode::Zscore),
+        other => Err(format!("{other:?} is not a score mode: softmax, cosine or zscore")),
+    }
+}
+
 /// `--backend` values: the configuration's names (`Backend` itself stays free of clap).
 fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
@@ -361,9 +372,24 @@ pub struct LabelArgs {
     /// a prompt labelled by the file's stem (repeatable).
     #[arg(long = "exemplar", value_name = "[LABEL=]FILE")]
     pub exemplars: Vec<String>,
-    /// Threshold of the `--prompt` and `--exemplar` labels (the timeline's dashed line).
-    #[arg(long, default_value_t = 0.5)]
-    pub threshold: f32,
+    /// A background prompt (repeatable): part of every window's softmax, never listed ("silence", "an empty
+    /// room"); a `--exemplar` labelled with its text joins it.
+    #[arg(long = "background", value_name = "TEXT")]
+    pub backgrounds: Vec<String>,
+    /// Leave out the shipped background prompts the daemon adds by default (`[labels] default_background`).
+    #[arg(long)]
+    pub no_default_background: bool,
+    /// Score mode of the labels: softmax (default), cosine or zscore (docs/prompts.md). Overrides the modes of
+    /// the configuration's prompts too.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<crate::labels::ScoreMode>,
+    /// `zscore` labels: windows before a score counts (overrides `[labels] zscore_warmup_windows`, default 50).
+    #[arg(long, value_name = "N")]
+    pub zscore_warmup_windows: Option<u64>,
+    /// Threshold of the `--prompt` and `--exemplar` labels, on the mode's scale (the timeline's dashed line;
+    /// default 0.5, the daemon's).
+    #[arg(long, value_name = "SCORE")]
+    pub threshold: Option<f32>,
     /// Cut each file into the daemon's windows and score every window.
     #[arg(long)]
     pub windows: bool,
@@ -1051,8 +1077,9 @@ struct BenchContext {
 fn bench_context(
     args: &BenchModelArgs,
     modality: Modality,
-    threshold: f32,
+    (threshold, mode): (f32, crate::labels::ScoreMode),
 ) -> anyhow::Result<Result<BenchContext, u8>> {
+    use crate::labels::background::LabelsConfig;
     use crate::window::WindowSpec;
     use crate::zeroshot::Setup;
     let Some(path) = &args.config else {
@@ -1071,6 +1098,9 @@ fn bench_context(
                 source: modality.to_string(),
                 max_batch: args.max_batch,
                 exemplar_threshold: threshold,
+                exemplar_mode: mode,
+                background: LabelsConfig::default().background(&[modality].into()),
+                labels: LabelsConfig::default(),
             },
             prompts: Vec::new(),
             spec: WindowSpec::for_modality(modality, None, None),
@@ -1117,6 +1147,10 @@ fn bench_context(
             source: source.map_or_else(|| modality.to_string(), |s| s.name().to_owned()),
             max_batch: args.max_batch,
             exemplar_threshold: threshold,
+            exemplar_mode: mode,
+            // As the daemon: the shipped sets of every source modality (runtime::plan).
+            background: c.labels.background(&c.sources.iter().map(|s| s.modality()).collect()),
+            labels: c.labels.clone(),
         },
         prompts: c.prompts.clone(),
         spec: source.map_or_else(|| WindowSpec::for_modality(modality, None, None), |s| s.window()),
@@ -1147,50 +1181,90 @@ fn window_overrides(cx: &BenchContext, args: &LabelArgs) -> anyhow::Result<(crat
     Ok((spec, rate_hz))
 }
 
-fn label_cmd(args: &LabelArgs) -> anyhow::Result<u8> {
-    use crate::zeroshot::{Bench, Exemplar, report, timeline};
-    if !args.threshold.is_finite() {
-        bail!("--threshold must be a number, got {}", args.threshold);
+/// `label`'s prompts: the configuration's (their modes replaced by `--mode`), then `--prompt` and `--background`.
+fn label_prompts(args: &LabelArgs, cx: &mut BenchContext) -> anyhow::Result<()> {
+    use crate::labels::{PromptConfig, PromptRole, ScoreMode};
+    let mode = args.mode.unwrap_or(ScoreMode::Softmax);
+    if let Some(mode) = args.mode {
+        cx.prompts.iter_mut().for_each(|p| p.mode = mode);
     }
-    let mut cx = match bench_context(&args.model, args.modality, args.threshold)? {
+    let threshold = args.threshold.unwrap_or(0.5);
+    if !mode.threshold_range().contains(&threshold) {
+        let range = mode.threshold_range();
+        bail!(
+            "--threshold must be between {} and {} in mode {}, got {threshold}",
+            range.start(),
+            range.end(),
+            mode.as_str()
+        );
+    }
+    for (text, role) in args
+        .prompts
+        .iter()
+        .map(|t| (t, PromptRole::Label))
+        .chain(args.backgrounds.iter().map(|t| (t, PromptRole::Background)))
+    {
+        if text.trim().is_empty() || text.len() > 2000 {
+            bail!("{text:?}: a prompt is 1 to 2000 bytes of text");
+        }
+        cx.prompts.push(PromptConfig {
+            threshold,
+            mode,
+            role,
+            ..PromptConfig::new(text, text)
+        });
+    }
+    cx.setup.exemplar_threshold = threshold;
+    cx.setup.exemplar_mode = mode;
+    if args.no_default_background {
+        cx.setup.background.clear();
+    }
+    if let Some(n) = args.zscore_warmup_windows {
+        if !(2..=1_000_000).contains(&n) {
+            bail!("--zscore-warmup-windows must be between 2 and 1000000, got {n}");
+        }
+        cx.setup.labels.zscore_warmup_windows = n;
+    }
+    Ok(())
+}
+
+fn label_cmd(args: &LabelArgs) -> anyhow::Result<u8> {
+    use crate::labels::ScoreMode;
+    use crate::zeroshot::{Bench, Exemplar, report, timeline};
+    let mut cx = match bench_context(&args.model, args.modality, (0.5, ScoreMode::Softmax))? {
         Ok(cx) => cx,
         Err(code) => return Ok(code),
     };
     let (spec, rate_hz) = window_overrides(&cx, args)?;
-    for text in &args.prompts {
-        if text.trim().is_empty() || text.len() > 2000 {
-            bail!("--prompt {text:?}: a prompt is 1 to 2000 bytes of text");
-        }
-        cx.prompts.push(crate::labels::PromptConfig {
-            threshold: args.threshold,
-            ..crate::labels::PromptConfig::new(text, text)
-        });
-    }
+    label_prompts(args, &mut cx)?;
     let exemplars: Vec<Exemplar> = args.exemplars.iter().map(|e| Exemplar::parse(e)).collect();
     if cx.prompts.is_empty() && exemplars.is_empty() {
         bail!("no prompts: give --prompt TEXT or --exemplar FILE, or a --config with [[prompts]]");
     }
     let bench = Bench::new(args.modality, &cx.setup, &cx.prompts, &exemplars)?;
-    let prompts: Vec<(String, f32)> = bench
+    let prompts: Vec<(String, f32, ScoreMode)> = bench
         .prompts()
         .iter()
-        .map(|p| (p.id.clone(), p.config.threshold))
+        .map(|p| (p.id.clone(), p.config.threshold, p.config.mode))
         .collect();
-    match prompts.len() {
-        0 => bail!(
-            "none of the prompts applies to {} windows of source {:?} (their modalities and sources keys)",
+    if prompts.is_empty() {
+        bail!(
+            "none of the labels applies to {} windows of source {:?} (their role, modalities and sources keys)",
             args.modality,
             cx.setup.source
-        ),
-        1 => tracing::warn!("With a single prompt every score is 1 (a softmax over one prompt); add another."),
-        _ => {}
+        );
+    }
+    if bench.softmax_size() == 1 && prompts.iter().any(|p| p.2 == ScoreMode::Softmax) {
+        tracing::warn!("With a single prompt every softmax score is 1; add another prompt or a --background.");
     }
     let labels: Vec<String> = prompts.iter().map(|p| p.0.clone()).collect();
     let mut docs = Vec::new();
+    // Whole files in zscore mode: each file is one window of the same sensor, in the order given.
+    let mut zscores = crate::labels::zscore::ZScores::default();
     for input in &args.inputs {
         let name = input.display().to_string();
         if !(args.windows || args.timeline.is_some()) {
-            let scores = bench.label_file(input)?;
+            let scores = bench.label_file(input, &mut zscores)?;
             if args.json {
                 docs.push(serde_json::to_value(report::file_json(&name, &scores))?);
             } else {
@@ -1250,10 +1324,12 @@ fn default_template(modality: Modality) -> &'static str {
 
 fn eval_cmd(args: &EvalArgs) -> anyhow::Result<u8> {
     use crate::zeroshot::{Bench, Exemplar, eval};
-    let cx = match bench_context(&args.model, args.modality, 0.5)? {
+    let mut cx = match bench_context(&args.model, args.modality, (0.5, crate::labels::ScoreMode::Softmax))? {
         Ok(cx) => cx,
         Err(code) => return Ok(code),
     };
+    // Classes compete only with each other, as in ImageBind's zero-shot evaluation.
+    cx.setup.background.clear();
     let items = if args.dataset.is_dir() {
         eval::read_folder(&args.dataset)?
     } else {

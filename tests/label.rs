@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, Mosquitto, Subscriber, media, root};
+use common::{Daemon, Mosquitto, Subscriber, media, root, toml_str};
 use sensebind::zeroshot::timeline::PALETTE;
 
 fn media_path(name: &str) -> PathBuf {
@@ -97,6 +97,8 @@ fn label_timeline_writes_a_png_with_one_point_per_window_and_prompt() {
         "1",
         "--hop-secs",
         "0.25",
+        // Without the shipped background prompts, the three scores of a window are its whole softmax.
+        "--no-default-background",
     ];
     for p in &prompts {
         args.extend(["--prompt", p]);
@@ -212,12 +214,25 @@ fn eval_on_exemplar_classes_scores_100_percent_and_agrees_with_label() {
 fn label_windows_equal_what_the_daemon_publishes_for_the_same_recording() {
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
-    let config = common::daemon_config(
-        "bench",
-        &broker.url(),
-        &tmp.path().join("state"),
-        &format!(
-            r#"qos = 1
+    // The shipped background prompts stay on (common::daemon_config switches them off).
+    let config = format!(
+        r#"
+[device]
+id = "bench"
+
+[runtime]
+state_dir = {state}
+
+[models]
+dir = {models}
+
+[labels]
+default_background = true
+zscore_warmup_windows = 3
+
+[mqtt]
+url = "{url}"
+qos = 1
 
 [[sources]]
 type = "replay"
@@ -239,9 +254,18 @@ texts = ["drums", "a drum kit"]
 [[prompts]]
 id = "dog"
 text = "a dog barking"
+mode = "zscore"
+threshold = 1.0
+
+[[prompts]]
+id = "quiet"
+text = "a quiet room"
+role = "background"
 "#,
-            audio = media("ambi_piano.flac"),
-        ),
+        state = toml_str(&tmp.path().join("state")),
+        models = toml_str(&root().join("models/imagebind-tiny")),
+        url = broker.url(),
+        audio = media("ambi_piano.flac"),
     );
     let sub = Subscriber::start(broker.port, "sensebind/bench/labels/mic");
     let mut daemon = Daemon::start(tmp.path(), "bench", &config, &[]);
@@ -280,6 +304,25 @@ text = "a dog barking"
         "the daemon published every window label cut:\n{}",
         daemon.log()
     );
+    // The shipped background prompts and "quiet" take part in every softmax but are never listed; "dog" is
+    // standardised by its running statistics (0 during the 3-window warm-up).
+    let zscored: Vec<f64> = windows
+        .iter()
+        .map(|w| {
+            let dog = w["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["label"] == "dog")
+                .unwrap();
+            assert_eq!(dog["mode"], "zscore");
+            dog["score"].as_f64().unwrap()
+        })
+        .collect();
+    assert!(
+        zscored[..3].iter().all(|z| *z == 0.0) && zscored[3..].iter().any(|z| *z != 0.0),
+        "{zscored:?}"
+    );
     for w in windows {
         let seq = w["seq"].as_u64().unwrap();
         let daemon_labels = published[&seq]["labels"].as_array().unwrap();
@@ -291,6 +334,8 @@ text = "a dog barking"
                 |a: &serde_json::Value, b: &serde_json::Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-5;
             assert!(close(&d["score"], &o["score"]), "window {seq}: {d} vs {o}");
             assert!(close(&d["cosine"], &o["cos"]), "window {seq}: {d} vs {o}");
+            assert_eq!(d["mode"], o["mode"], "window {seq}");
+            assert_eq!(d["active"], o["active"], "window {seq}");
         }
     }
 }

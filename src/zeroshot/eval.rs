@@ -187,8 +187,10 @@ pub struct Report {
 /// Scores every file against the bench's class prompts.
 pub fn evaluate(bench: &Bench, items: &[Item]) -> anyhow::Result<Report> {
     let mut predictions = Vec::with_capacity(items.len());
+    // Class prompts are softmax prompts: nothing to standardise.
+    let mut zscores = crate::labels::zscore::ZScores::default();
     for item in items {
-        let scores = bench.label_file(&item.file)?;
+        let scores = bench.label_file(&item.file, &mut zscores)?;
         predictions.push(Prediction {
             file: item.file.display().to_string(),
             label: item.label.clone(),

@@ -23,8 +23,12 @@ use anyhow::{Context, anyhow, bail};
 
 use crate::clock::Timestamp;
 use crate::encode::{Encoder, EngineOptions, ModelDir, ModelSource, engine};
+use crate::labels::background::LabelsConfig;
 use crate::labels::exemplar::{self, embed_file};
-use crate::labels::{LabelScore, Prompt, PromptCache, PromptConfig, PromptSet, embed_prompts, ensemble};
+use crate::labels::zscore::{ZScores, standardise_scores};
+use crate::labels::{
+    LabelScore, Prompt, PromptCache, PromptConfig, PromptSet, ScoreMode, embed_with_background, ensemble,
+};
 use crate::modality::Modality;
 use crate::preprocess::PreprocessConfig;
 use crate::preprocess::text::Tokenizer;
@@ -48,6 +52,12 @@ pub struct Setup {
     pub max_batch: usize,
     /// Threshold of the prompts that exemplars make.
     pub exemplar_threshold: f32,
+    /// Mode of the prompts that exemplars make.
+    pub exemplar_mode: ScoreMode,
+    /// The shipped background prompts the daemon adds (`[labels] default_background`).
+    pub background: Vec<PromptConfig>,
+    /// `[labels]`: the `zscore` warm-up and memory.
+    pub labels: LabelsConfig,
 }
 
 /// A prompt defined by a media file: `label` names the prompt it joins (or makes), else the file's stem.
@@ -102,6 +112,8 @@ pub struct Bench {
     modality: Modality,
     encoder: Arc<dyn Encoder>,
     prompts: PromptSet,
+    /// `zscore` warm-up and memory, in windows.
+    zscore: (u64, u64),
     prepare: PrepareContext,
     source: String,
     max_batch: usize,
@@ -121,7 +133,8 @@ impl Bench {
             .with_context(|| format!("opening the model directory {}", setup.model_dir.display()))?;
         let encoder = engine::load(ModelSource::Dir(&dir), modality, &setup.engine)
             .with_context(|| format!("loading the {modality} tower from {}", setup.model_dir.display()))?;
-        let tokenizer = if !prompts.is_empty() || modality == Modality::Text {
+        let background = &setup.background;
+        let tokenizer = if !prompts.is_empty() || !background.is_empty() || modality == Modality::Text {
             dir.verify_bpe_checksum()?;
             Some(Arc::new(Tokenizer::from_file(&dir.path(&dir.manifest().bpe))?))
         } else {
@@ -129,53 +142,61 @@ impl Bench {
         };
         // In memory and unbounded: it only holds this run's texts, whose embeddings an exemplar's ensemble needs.
         let mut cache = PromptCache::with_capacity(None, usize::MAX);
-        let mut set: Vec<Building> = match &tokenizer {
-            Some(tok) if !prompts.is_empty() => {
-                let text: Arc<dyn Encoder> = if modality == Modality::Text {
-                    Arc::clone(&encoder)
-                } else {
-                    engine::load(ModelSource::Dir(&dir), Modality::Text, &setup.text_engine)
-                        .with_context(|| format!("loading the text tower from {}", setup.model_dir.display()))?
-                };
-                let sha = &dir.tower(Modality::Text)?.sha256;
-                let set = embed_prompts(prompts, text.as_ref(), sha, tok, &mut cache)?;
-                let mut built = Vec::new();
-                for p in set.prompts() {
-                    let texts = p
-                        .texts
-                        .iter()
-                        .filter_map(|t| cache.get(&PromptCache::key(sha, t)))
-                        .collect();
-                    built.push(Building {
-                        prompt: p.clone(),
-                        texts,
-                        exemplars: Vec::new(),
-                    });
-                }
-                built
+        let mut set: Vec<Building> = Vec::new();
+        let mut shipped: Vec<Prompt> = Vec::new();
+        if let Some(tok) = tokenizer
+            .as_deref()
+            .filter(|_| !prompts.is_empty() || !background.is_empty())
+        {
+            let text: Arc<dyn Encoder> = if modality == Modality::Text {
+                Arc::clone(&encoder)
+            } else {
+                engine::load(ModelSource::Dir(&dir), Modality::Text, &setup.text_engine)
+                    .with_context(|| format!("loading the text tower from {}", setup.model_dir.display()))?
+            };
+            let sha = &dir.tower(Modality::Text)?.sha256;
+            let embedded = embed_with_background(prompts, background, text.as_ref(), sha, tok, &mut cache)?;
+            for p in embedded.prompts() {
+                let texts = p
+                    .texts
+                    .iter()
+                    .filter_map(|t| cache.get(&PromptCache::key(sha, t)))
+                    .collect();
+                set.push(Building {
+                    prompt: p.clone(),
+                    texts,
+                    exemplars: Vec::new(),
+                });
             }
-            _ => Vec::new(),
-        };
+            shipped = embedded.shipped_background().to_vec();
+        }
         if !exemplars.is_empty() {
             let scale = dir
                 .tower(Modality::Text)
                 .context("exemplars are put on the text tower's scale")?
                 .scale;
-            add_exemplars(&mut set, exemplars, scale, setup.exemplar_threshold, |file| {
-                embed_file(
-                    encoder.as_ref(),
-                    file,
-                    &setup.preprocess,
-                    tokenizer.as_deref(),
-                    setup.max_batch,
-                )
-            })?;
+            add_exemplars(
+                &mut set,
+                exemplars,
+                scale,
+                (setup.exemplar_threshold, setup.exemplar_mode),
+                |file| {
+                    embed_file(
+                        encoder.as_ref(),
+                        file,
+                        &setup.preprocess,
+                        tokenizer.as_deref(),
+                        setup.max_batch,
+                    )
+                },
+            )?;
         }
         let dim = encoder.info().output_dim;
         let prompts = set.into_iter().map(|b| b.finish(dim)).collect();
         Ok(Self {
             modality,
-            prompts: PromptSet::new(prompts),
+            prompts: PromptSet::new(prompts).with_background(shipped),
+            zscore: (setup.labels.zscore_warmup_windows, setup.labels.zscore_memory_windows),
             prepare: PrepareContext {
                 preprocess: setup.preprocess.clone(),
                 tokenizer,
@@ -191,18 +212,37 @@ impl Bench {
         self.modality
     }
 
-    /// The prompts that apply to this bench's windows, in their order.
+    /// The labels that apply to this bench's windows (background prompts aside), in their order.
     pub fn prompts(&self) -> Vec<&Prompt> {
         self.prompts
-            .prompts()
-            .iter()
+            .labels()
             .filter(|p| p.config.applies_to(self.modality, &self.source))
             .collect()
     }
 
-    /// Scores one embedding against every applicable prompt, highest first.
-    pub fn score(&self, embedding: &[f32]) -> Vec<LabelScore> {
-        self.prompts.score(embedding, self.modality, &self.source, usize::MAX)
+    /// How many prompts share a window's softmax: the applicable labels and background prompts.
+    pub fn softmax_size(&self) -> usize {
+        self.prompts
+            .prompts()
+            .iter()
+            .chain(self.prompts.shipped_background())
+            .filter(|p| p.config.applies_to(self.modality, &self.source))
+            .count()
+    }
+
+    /// Scores one embedding against every applicable prompt, labels highest first, as an encoder worker does and
+    /// then the controller: `zscore` labels are standardised by `zscores`, the running statistics of the windows
+    /// scored before (a fresh [`ZScores`] per recording).
+    pub fn score(&self, embedding: &[f32], zscores: &mut ZScores) -> Vec<LabelScore> {
+        let scores = self.prompts.score(embedding, self.modality, &self.source, usize::MAX);
+        let threshold_of = |label: &str| {
+            self.prompts
+                .labels()
+                .find(|p| p.id == label)
+                .map_or(f32::INFINITY, |p| p.config.threshold)
+        };
+        let (warmup, memory) = self.zscore;
+        standardise_scores(zscores, &self.source, &scores, threshold_of, warmup, memory)
     }
 
     /// A whole file's embedding, as `sensebind embed` gives it.
@@ -216,9 +256,9 @@ impl Bench {
         )?)
     }
 
-    /// A whole file's scores.
-    pub fn label_file(&self, file: &Path) -> anyhow::Result<Vec<LabelScore>> {
-        Ok(self.score(&self.embed_file(file)?))
+    /// A whole file's scores; `zscores`: the statistics of the files scored before (each file one window).
+    pub fn label_file(&self, file: &Path, zscores: &mut ZScores) -> anyhow::Result<Vec<LabelScore>> {
+        Ok(self.score(&self.embed_file(file)?, zscores))
     }
 
     /// The scores of the daemon's windows of a recording (`spec`; `rate_hz` paces image sequences and text).
@@ -228,6 +268,7 @@ impl Bench {
         let mut out = Vec::new();
         let mut failed: Option<anyhow::Error> = None;
         let mut skipped: (usize, Option<String>) = (0, None);
+        let mut zscores = ZScores::default();
         let cut = file_windows(
             self.modality,
             spec,
@@ -245,7 +286,7 @@ impl Bench {
                     }
                 }
                 if pending.len() >= self.max_batch
-                    && let Err(e) = self.score_batch(&mut pending, &mut out)
+                    && let Err(e) = self.score_batch(&mut pending, &mut out, &mut zscores)
                 {
                     failed = Some(e);
                     return false;
@@ -257,7 +298,7 @@ impl Bench {
             return Err(e.context(format!("embedding the windows of {}", file.display())));
         }
         cut.map_err(|e| anyhow!("{e}"))?; // read_samples names the file
-        self.score_batch(&mut pending, &mut out)
+        self.score_batch(&mut pending, &mut out, &mut zscores)
             .with_context(|| format!("embedding the windows of {}", file.display()))?;
         if let (n @ 1.., Some(first)) = &skipped {
             tracing::warn!(file = %file.display(), windows = n, first = %first, "Windows that cannot be preprocessed were skipped, as the daemon skips them.");
@@ -283,6 +324,7 @@ impl Bench {
         &self,
         pending: &mut Vec<(Timestamp, Timestamp, Tensor)>,
         out: &mut Vec<WindowScores>,
+        zscores: &mut ZScores,
     ) -> anyhow::Result<()> {
         if pending.is_empty() {
             return Ok(());
@@ -296,7 +338,7 @@ impl Bench {
                 seq: out.len() as u64,
                 t0_secs: t0.0 as f64 / 1e9,
                 t1_secs: t1.0 as f64 / 1e9,
-                scores: self.score(row),
+                scores: self.score(row, zscores),
             });
         }
         Ok(())
@@ -329,7 +371,7 @@ fn add_exemplars(
     set: &mut Vec<Building>,
     exemplars: &[Exemplar],
     text_scale: f32,
-    threshold: f32,
+    (threshold, mode): (f32, ScoreMode),
     mut embed: impl FnMut(&Path) -> Result<Vec<f32>, exemplar::ExemplarError>,
 ) -> anyhow::Result<()> {
     for ex in exemplars {
@@ -343,6 +385,7 @@ fn add_exemplars(
                 let config = PromptConfig {
                     text: None,
                     threshold,
+                    mode,
                     ..PromptConfig::new(&label, "")
                 };
                 set.push(Building {
@@ -394,7 +437,7 @@ mod tests {
             exemplars: Vec::new(),
         }];
         let exemplars = [Exemplar::parse("bell=x.wav"), Exemplar::parse("dog.wav")];
-        add_exemplars(&mut set, &exemplars, 10.0, 0.5, |f| {
+        add_exemplars(&mut set, &exemplars, 10.0, (0.5, ScoreMode::Softmax), |f| {
             Ok(if f == Path::new("x.wav") {
                 vec![0.0, 0.5]
             } else {
@@ -405,7 +448,13 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert_eq!(set[0].exemplars, vec![vec![0.0, 10.0]], "on the text scale");
         assert_eq!(set[1].prompt.id, "dog");
-        let zero = add_exemplars(&mut set, &[Exemplar::parse("z.wav")], 10.0, 0.5, |_| Ok(vec![0.0, 0.0]));
+        let zero = add_exemplars(
+            &mut set,
+            &[Exemplar::parse("z.wav")],
+            10.0,
+            (0.5, ScoreMode::Softmax),
+            |_| Ok(vec![0.0, 0.0]),
+        );
         assert!(zero.unwrap_err().to_string().contains("z.wav"));
         let built: Vec<Prompt> = set.into_iter().map(|b| b.finish(2)).collect();
         let h = 10.0 / 2f32.sqrt();

@@ -1,13 +1,13 @@
 //! `sensebind label`'s output: a ranked table per file (or a table of windows), or JSON.
 //!
-//! JSON: an array with one object per file, `{"file", "scores": [{"label", "score", "cos"}…]}` highest score
+//! JSON: an array with one object per file, `{"file", "scores": [{"label", "score", "cos", "mode", "active"}…]}` highest score
 //! first, or with windows `{"file", "windows": [{"seq", "t0", "t1", "scores": […]}…]}` with `t0`/`t1` in seconds
 //! from the file's start and `seq` the daemon's window number.
 
 use serde::Serialize;
 
 use super::WindowScores;
-use crate::labels::LabelScore;
+use crate::labels::{LabelScore, ScoreMode};
 
 /// One label's score as `label --json` prints it.
 #[derive(Debug, Clone, Serialize)]
@@ -18,6 +18,10 @@ pub struct ScoreJson {
     pub score: f32,
     /// Cosine similarity of the embedding and the prompt.
     pub cos: f32,
+    /// The scale of `score`: `softmax`, `cosine` or `zscore`.
+    pub mode: ScoreMode,
+    /// Whether `score` reached the prompt's threshold (one window; the daemon's events add hysteresis).
+    pub active: bool,
 }
 
 impl From<&LabelScore> for ScoreJson {
@@ -26,6 +30,8 @@ impl From<&LabelScore> for ScoreJson {
             label: s.label.clone(),
             score: s.score,
             cos: s.cosine,
+            mode: s.mode,
+            active: s.active,
         }
     }
 }
@@ -154,6 +160,7 @@ mod tests {
             score,
             cosine: score / 10.0,
             active: score >= 0.5,
+            mode: ScoreMode::Softmax,
         }
     }
 

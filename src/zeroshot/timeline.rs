@@ -13,6 +13,7 @@ use plotters::prelude::*;
 
 use super::WindowScores;
 use super::font::GlyphBitmap;
+use crate::labels::ScoreMode;
 
 /// Marker colours, one per prompt in order (Tableau 10), repeating after ten prompts.
 pub const PALETTE: [(u8, u8, u8); 10] = [
@@ -46,17 +47,20 @@ pub struct Series {
     pub label: String,
     /// Its threshold.
     pub threshold: f32,
+    /// The scale of its scores.
+    pub mode: ScoreMode,
     /// (window middle in seconds, score) per window.
     pub points: Vec<(f64, f32)>,
 }
 
-/// The series of `prompts` (label, threshold) from a file's windows.
-pub fn series(windows: &[WindowScores], prompts: &[(String, f32)]) -> Vec<Series> {
+/// The series of `prompts` (label, threshold, mode) from a file's windows.
+pub fn series(windows: &[WindowScores], prompts: &[(String, f32, ScoreMode)]) -> Vec<Series> {
     prompts
         .iter()
-        .map(|(label, threshold)| Series {
+        .map(|(label, threshold, mode)| Series {
             label: label.clone(),
             threshold: *threshold,
+            mode: *mode,
             points: windows
                 .iter()
                 .filter_map(|w| {
@@ -168,7 +172,7 @@ fn draw(buf: &mut [u8], (width, height): (u32, u32), title: &str, series: &[Seri
                     marker.filled(),
                 )
         }))?;
-        let caption = format!("{}  (threshold {:.2})", s.label, s.threshold);
+        let caption = format!("{}  ({}, threshold {:.2})", s.label, s.mode.as_str(), s.threshold);
         area.draw_text(
             &caption,
             &("sans-serif", 12).into_font().color(&BLACK),
@@ -219,6 +223,7 @@ mod tests {
             score,
             cosine: 0.0,
             active: false,
+            mode: ScoreMode::Softmax,
         };
         WindowScores {
             seq,
@@ -231,7 +236,10 @@ mod tests {
     #[test]
     fn every_window_and_prompt_gets_a_marker_of_the_prompts_colour() {
         let windows: Vec<WindowScores> = (0..7).map(|i| window(i, 0.1 + i as f32 * 0.1)).collect();
-        let prompts = [("a".to_owned(), 0.5), ("b".to_owned(), 0.7)];
+        let prompts = [
+            ("a".to_owned(), 0.5, ScoreMode::Softmax),
+            ("b".to_owned(), 0.7, ScoreMode::Softmax),
+        ];
         let s = series(&windows, &prompts);
         assert_eq!(s[0].points.len(), 7);
         assert!((s[1].points[0].1 - 0.9).abs() < 1e-6 && (s[1].points[0].0 - 0.5).abs() < 1e-9);
