@@ -53,6 +53,7 @@ fn example_documents_every_top_level_key() {
         "[events]",
         "[[sources]]",
         "[[prompts]]",
+        "[metrics]",
     ] {
         assert!(text.contains(key), "example.toml lacks {key}");
     }
@@ -66,6 +67,7 @@ fn example_documents_every_top_level_key() {
         "EmbeddingsConfig",
         "HomeAssistantConfig",
         "TlsConfig",
+        "MetricsConfig",
     ] {
         for key in schema["$defs"][def]["properties"].as_object().unwrap().keys() {
             assert!(
@@ -83,6 +85,35 @@ fn with_models(rest: &str) -> String {
         "[device]\nid = \"dev\"\n[models]\ndir = \"{}\"\n{rest}",
         models.display()
     )
+}
+
+#[test]
+fn metrics_listen_is_optional_defaults_to_loopback_and_must_be_a_socket_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let parse = |extra: &str| sensebind::config::parse(&with_models(extra), &file, dir.path());
+    // No section: off.
+    assert_eq!(parse("").unwrap().config.metrics, None);
+    let on = parse("[metrics]\n").unwrap().config.metrics.unwrap();
+    assert_eq!(on.listen, "127.0.0.1:9464");
+    for ok in ["0.0.0.0:9100", "[::1]:0"] {
+        let m = parse(&format!("[metrics]\nlisten = \"{ok}\"\n"))
+            .unwrap()
+            .config
+            .metrics
+            .unwrap();
+        assert_eq!(m.address().unwrap(), ok.parse().unwrap());
+    }
+    for bad in ["localhost:9464", "127.0.0.1", "127.0.0.1:99999", ""] {
+        let err = parse(&format!("[metrics]\nlisten = \"{bad}\"\n")).unwrap_err();
+        assert_eq!(err.issues.len(), 1, "{err}");
+        let issue = &err.issues[0];
+        assert_eq!(issue.path, "metrics.listen", "{err}");
+        assert!(issue.message.contains("not a socket address"), "{err}");
+        assert!(issue.line.is_some(), "the key's line is reported: {err}");
+    }
+    let err = parse("[metrics]\nport = 9464\n").unwrap_err();
+    assert_eq!(err.issues[0].path, "metrics.port", "{err}");
 }
 
 /// (A build without the `onnxruntime` feature also refuses `backend = "onnxruntime"` itself: one more issue.)

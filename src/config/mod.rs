@@ -65,6 +65,9 @@ pub struct Config {
     /// What to listen for: text prompts scored against every window.
     #[serde(default)]
     pub prompts: Vec<PromptConfig>,
+    /// The HTTP endpoint for Prometheus (`/metrics`) and probes (`/healthz`, `/readyz`); no section: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// `[device]`
@@ -107,6 +110,40 @@ impl Default for RuntimeConfig {
             ring_max_bytes: 64 << 20,
             prompt_cache_entries: crate::labels::cache::DEFAULT_CAPACITY,
         }
+    }
+}
+
+// Defined here rather than with its server (`runtime::http`, a layer above `config`), like `[runtime]`.
+/// `[metrics]`: the HTTP endpoint of `/metrics` (Prometheus text format), `/healthz` and `/readyz` (docs/metrics.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address and port to listen on, `IP:port` (`0.0.0.0:9464` for every IPv4 interface, `[::1]:9464` for IPv6
+    /// loopback; port 0 picks a free port, logged at start-up). Default `127.0.0.1:9464`. The endpoints have no
+    /// authentication: keep them on loopback or a trusted network.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.to_owned(),
+        }
+    }
+}
+
+/// `metrics.listen` when the `[metrics]` section leaves it out: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+impl MetricsConfig {
+    /// The listen address, parsed.
+    pub fn address(&self) -> Result<std::net::SocketAddr, String> {
+        self.listen.parse().map_err(|_| {
+            format!(
+                "{:?} is not a socket address: write IP:port, e.g. \"127.0.0.1:9464\" or \"[::]:9464\" (no host names)",
+                self.listen
+            )
+        })
     }
 }
 

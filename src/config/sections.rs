@@ -1,7 +1,7 @@
 //! Section-by-section deserialisation: every section's errors are reported, and a section that fails is
 //! replaced by its defaults and marked so that it is not validated.
 
-use super::{Config, DeviceConfig, RuntimeConfig};
+use super::{Config, DeviceConfig, MetricsConfig, RuntimeConfig};
 use crate::encode::ModelsConfig;
 use crate::events::EventsConfig;
 use crate::issues::Issues;
@@ -11,7 +11,7 @@ use crate::preprocess::PreprocessConfig;
 use crate::publish::config::MqttConfig;
 use crate::sources::config::SourceConfig;
 
-const TOP_KEYS: [&str; 9] = [
+const TOP_KEYS: [&str; 10] = [
     "device",
     "runtime",
     "models",
@@ -21,6 +21,7 @@ const TOP_KEYS: [&str; 9] = [
     "labels",
     "sources",
     "prompts",
+    "metrics",
 ];
 
 /// Which parts of a configuration deserialised (the others hold defaults and are not validated).
@@ -33,6 +34,7 @@ pub(super) struct Parsed {
     pub(super) preprocess: bool,
     pub(super) events: bool,
     pub(super) labels: bool,
+    pub(super) metrics: bool,
     /// Original index of each deserialised source, in order.
     pub(super) source_index: Vec<usize>,
     /// Original index of each deserialised prompt, in order.
@@ -52,6 +54,7 @@ impl Parsed {
             && self.preprocess
             && self.events
             && self.labels
+            && self.metrics
             && self.source_index.len() == self.sources_total
             && self.prompt_index.len() == self.prompts_total
     }
@@ -84,11 +87,13 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
                 } else {
                     format!("{path}.{inner}")
                 };
-                // serde names an unknown key only in its message; put it in the path so the line can be found.
+                // An unknown key is named in the message, and (serde_path_to_error 0.1.20) already in the path;
+                // make sure it is in the path, once, so the line can be found.
                 if let Some(field) = message
                     .split('`')
                     .nth(1)
                     .filter(|_| message.starts_with("unknown field"))
+                    && !full.ends_with(&format!(".{field}"))
                 {
                     full = format!("{full}.{field}");
                 }
@@ -118,6 +123,11 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
     parsed.events = events.is_some();
     let labels = section::<LabelsConfig>(table.get("labels"), "labels", issues);
     parsed.labels = labels.is_some();
+    // No `[metrics]` section: the endpoint is off.
+    let metrics = table
+        .get("metrics")
+        .map(|v| section::<MetricsConfig>(Some(v), "metrics", issues));
+    parsed.metrics = !matches!(metrics, Some(None));
     let list = |key: &str, issues: &mut Issues| -> Vec<toml::Value> {
         match table.get(key) {
             None => Vec::new(),
@@ -166,6 +176,7 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
         labels: labels.unwrap_or_default(),
         sources,
         prompts,
+        metrics: metrics.flatten(),
     };
     (config, parsed)
 }

@@ -42,6 +42,11 @@ pub(super) fn validate(c: &Config, parsed: &Parsed, issues: &mut Issues) {
         c.preprocess.thermal.validate(&mut issues.scope("preprocess.thermal"));
         c.preprocess.imu.validate(&mut issues.scope("preprocess.imu"));
     }
+    if let Some(m) = c.metrics.as_ref().filter(|_| parsed.metrics)
+        && let Err(e) = m.address()
+    {
+        issues.push("metrics.listen", e);
+    }
     sources(c, parsed, issues);
     prompts(c, parsed, &all_names, issues);
 }

@@ -96,6 +96,68 @@ pub struct ControlStats {
     pub payload_errors_total: AtomicU64,
     /// Current configuration revision.
     pub config_rev: AtomicU64,
+    /// Events started and ended per label (`/metrics`).
+    pub by_label: LabelEventCounts,
+    /// When the controller's loop last turned (process monotonic ns, 0 before it runs): `/healthz` says 503 when
+    /// it is stale.
+    pub last_tick_ns: AtomicU64,
+}
+
+/// Most labels [`LabelEventCounts`] keeps apart: a label's counters stay after its prompt is removed (counters never
+/// go back), so prompt updates could otherwise grow the map without end. Events of further labels are counted under
+/// [`OTHER_LABELS`].
+pub const MAX_COUNTED_LABELS: usize = 4 * MAX_PROMPTS;
+
+/// The label that events of labels past [`MAX_COUNTED_LABELS`] are counted under (prompt ids are slugs, so no
+/// prompt can have this id).
+pub const OTHER_LABELS: &str = "(other)";
+
+/// Events started and ended, per label, bounded at [`MAX_COUNTED_LABELS`] labels.
+#[derive(Debug, Default)]
+pub struct LabelEventCounts {
+    counts: std::sync::Mutex<BTreeMap<String, LabelEvents>>,
+}
+
+/// One label's event counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LabelEvents {
+    /// Events started.
+    pub started_total: u64,
+    /// Events ended.
+    pub ended_total: u64,
+}
+
+impl LabelEventCounts {
+    /// Counts an event of `label` that started (`true`) or ended.
+    pub fn count(&self, label: &str, started: bool) {
+        let mut counts = match self.counts.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let key = if counts.contains_key(label) || counts.len() < MAX_COUNTED_LABELS {
+            label
+        } else {
+            OTHER_LABELS
+        };
+        let entry = match counts.get_mut(key) {
+            Some(e) => e,
+            None => counts.entry(key.to_owned()).or_default(),
+        };
+        if started {
+            entry.started_total += 1;
+        } else {
+            entry.ended_total += 1;
+        }
+    }
+
+    /// Every label counted so far, in name order.
+    pub fn snapshot(&self) -> Vec<(String, LabelEvents)> {
+        let counts = match self.counts.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        counts.iter().map(|(l, c)| (l.clone(), *c)).collect()
+    }
 }
 
 /// A sensor as the controller sees it.
@@ -330,7 +392,10 @@ impl Controller {
                 done = commands::embedded(&mut self.pending), if self.pending.is_some() => {
                     self.finish_prompt_update(done);
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.s.stats.last_tick_ns.store(clock::now().0, Ordering::Relaxed);
+                    self.on_tick();
+                }
             }
         }
         self.shutdown();
@@ -695,7 +760,7 @@ impl Controller {
             reason: tr.end_reason,
             duration_s: Some(tr.at.saturating_sub(tr.started_at).as_secs_f64()),
         });
-        self.count_transition(tr, &id);
+        self.count_transition(tr, &id, label);
         let facts = EventFacts {
             id: id.clone(),
             seq: tr.seq,
@@ -742,18 +807,20 @@ impl Controller {
         self.refresh_label_state(label);
     }
 
-    fn count_transition(&self, tr: &Transition, id: &str) {
+    fn count_transition(&self, tr: &Transition, id: &str, label: &str) {
         let stats = &self.s.stats;
         match tr.kind {
             TransitionKind::Start => {
                 stats.events_started_total.fetch_add(1, Ordering::Relaxed);
                 stats.events_active.fetch_add(1, Ordering::Relaxed);
+                stats.by_label.count(label, true);
                 tracing::info!(event = %id, score = tr.score, "Event started.");
             }
             TransitionKind::Update => {}
             TransitionKind::End => {
                 stats.events_ended_total.fetch_add(1, Ordering::Relaxed);
                 stats.events_active.fetch_sub(1, Ordering::Relaxed);
+                stats.by_label.count(label, false);
                 tracing::info!(event = %id, reason = tr.end_reason.map_or("", |r| r.as_str()), "Event ended.");
             }
         }
@@ -1352,5 +1419,37 @@ mod tests {
             clock::rfc3339_of(Timestamp(5_100_000_000)),
             "ts comes from the injected clock"
         );
+    }
+
+    #[test]
+    fn label_event_counts_are_bounded() {
+        let c = LabelEventCounts::default();
+        c.count("walking", true);
+        c.count("walking", false);
+        for i in 1..MAX_COUNTED_LABELS {
+            c.count(&format!("l{i}"), true);
+        }
+        // The map is full: a new label is counted under OTHER_LABELS, a known one still under its own.
+        c.count("new", true);
+        c.count("new2", false);
+        c.count("walking", true);
+        let snap = c.snapshot();
+        assert_eq!(snap.len(), MAX_COUNTED_LABELS + 1);
+        let get = |l: &str| snap.iter().find(|(k, _)| k == l).map(|(_, v)| *v);
+        assert_eq!(
+            get("walking"),
+            Some(LabelEvents {
+                started_total: 2,
+                ended_total: 1
+            })
+        );
+        assert_eq!(
+            get(OTHER_LABELS),
+            Some(LabelEvents {
+                started_total: 1,
+                ended_total: 1
+            })
+        );
+        assert_eq!(get("new"), None);
     }
 }

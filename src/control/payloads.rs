@@ -1063,6 +1063,8 @@ pub struct SourceStatsEntry {
 pub struct EncoderStatsEntry {
     /// Engine (`tract`, `onnxruntime`, `none`).
     pub backend: &'static str,
+    /// Windows waiting in the queue now.
+    pub queued: u64,
     /// Windows queued.
     pub windows_queued_total: u64,
     /// Windows dropped (queue full).

@@ -158,6 +158,7 @@ fn encoder_entry(s: &EncoderStats) -> EncoderStatsEntry {
     let batches = read(&s.batches_total);
     EncoderStatsEntry {
         backend: s.backend.get().copied().unwrap_or("none"),
+        queued: read(&s.queued),
         windows_queued_total: read(&s.windows_queued_total),
         windows_dropped_total: read(&s.windows_dropped_total),
         windows_encoded_total: read(&s.windows_encoded_total),

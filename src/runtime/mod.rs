@@ -24,6 +24,9 @@
 //! task flushes the outbox, publishes `offline` and disconnects. Components report their end by closing a
 //! channel ([`tasks`]); any still running at the deadline are named in the log.
 
+pub mod exposition;
+pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod plan;
 pub mod reload;
@@ -40,6 +43,7 @@ use crate::control::{ControlStats, Controller, ControllerSetup};
 use crate::labels::PromptCache;
 use crate::publish::mqtt::MqttStats;
 use crate::publish::{OutMessage, Outbox};
+use health::{Health, Phase};
 pub use metrics::{Metrics, SourceCounters};
 use plan::Plan;
 use stages::{EncoderSetup, Publisher, SourceStages};
@@ -105,6 +109,8 @@ struct Running {
     to_controller: Option<tokio::sync::mpsc::Sender<crate::control::Reload>>,
     /// How long a reload waits for a stopped source to end.
     stop_timeout: Duration,
+    /// `[metrics]`: `/metrics`, `/healthz`, `/readyz`; stopped last.
+    http: Option<http::MetricsServer>,
 }
 
 impl Running {
@@ -134,6 +140,7 @@ impl Running {
             config: None,
             to_controller: None,
             stop_timeout: Duration::from_secs(10),
+            http: None,
         }
     }
 
@@ -146,6 +153,9 @@ impl Running {
         }
         if let Some(n) = &self.notifier {
             n.notify("STOPPING=1\nSTATUS=Stopping\n");
+        }
+        if let Some(h) = &self.http {
+            h.health().set_phase(Phase::Stopping);
         }
         let mut stragglers = Vec::new();
         if let Some(s) = self.sources.take() {
@@ -185,6 +195,7 @@ impl Running {
                 stragglers.push("mqtt".into());
             }
         }
+        drop(self.http.take());
         if stragglers.is_empty() {
             tracing::info!(
                 elapsed_ms = self.started.elapsed().as_millis() as u64,
@@ -232,6 +243,9 @@ pub async fn run(
     running.notifier = options.notifier.clone();
     running.stop_timeout = options.shutdown_timeout;
     running.config = Some(loaded.clone());
+    // Before the models load, so that /healthz answers (and /readyz says why not) during start-up.
+    let health = Arc::new(Health::new(cfg.mqtt.enabled, &mqtt_stats, &control_stats));
+    running.http = http::start(cfg.metrics.as_ref(), &health).await?;
     running.status("Loading models");
     macro_rules! or_stopped {
         ($step:expr) => {
@@ -269,6 +283,7 @@ pub async fn run(
         plan.prompts_origin,
     ))?;
     let prompts = Arc::new(RwLock::new(Arc::new(prompt_set)));
+    health.set_phase(Phase::Starting);
 
     // Commands from the broker to the controller; when full a command is dropped and counted.
     let (command_tx, command_rx) = tokio::sync::mpsc::channel(64);
@@ -332,6 +347,7 @@ pub async fn run(
         cfg.runtime.stats_interval_secs,
         started,
     );
+    health.pipeline_running(&metrics);
     tracing::info!(
         sources = n_sources,
         encoders = running.workers.len(),

@@ -51,8 +51,42 @@ pub struct EncoderStats {
     pub batches_total: AtomicU64,
     /// Total inference time, microseconds.
     pub infer_us_total: AtomicU64,
+    /// Encoder calls by duration (`/metrics`).
+    pub infer_latency: LatencyHistogram,
+    /// Windows waiting in the queue now.
+    pub queued: AtomicU64,
     /// Scored windows handed to the controller.
     pub messages_total: AtomicU64,
+}
+
+/// Upper bounds of [`LatencyHistogram`]'s buckets, microseconds: 0.5 ms (a tiny tower) to 10 s (a large tower on a
+/// slow CPU); slower calls fall in the last, unbounded bucket.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+
+/// Durations counted in fixed buckets ([`LATENCY_BUCKETS_US`] and one above them), lock-free: recording is one
+/// atomic add. The sum is kept by the owner (`EncoderStats::infer_us_total`).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    counts: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+}
+
+impl LatencyHistogram {
+    /// Counts one duration.
+    pub fn record(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count of each bucket (not cumulative): durations above the previous bound and at or below this one, for
+    /// each bound of [`LATENCY_BUCKETS_US`], then those above the last bound.
+    pub fn counts(&self) -> [u64; LATENCY_BUCKETS_US.len() + 1] {
+        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
+    }
 }
 
 /// The bounded queue in front of an encoder.
@@ -90,6 +124,7 @@ impl WindowQueue {
             let mut q = self.lock();
             let dropped = if q.len() >= self.capacity { q.pop_front() } else { None };
             q.push_back(w);
+            self.stats.queued.store(q.len() as u64, Ordering::Relaxed);
             dropped
         };
         self.stats.windows_queued_total.fetch_add(1, Ordering::Relaxed);
@@ -140,7 +175,9 @@ impl WindowQueue {
             };
         }
         let n = q.len().min(max.max(1));
-        q.drain(..n).collect()
+        let batch = q.drain(..n).collect();
+        self.stats.queued.store(q.len() as u64, Ordering::Relaxed);
+        batch
     }
 }
 
@@ -176,12 +213,10 @@ pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
         let result = Tensor::stack(&inputs)
             .map_err(|e| e.to_string())
             .and_then(|t| cx.encoder.encode(&t).map_err(|e| e.to_string()));
-        let elapsed = started.elapsed();
+        let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         cx.stats.batches_total.fetch_add(1, Ordering::Relaxed);
-        cx.stats.infer_us_total.fetch_add(
-            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        cx.stats.infer_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
+        cx.stats.infer_latency.record(elapsed_us);
         let embeddings = match result {
             Ok(e) => e,
             Err(reason) => {
@@ -249,10 +284,28 @@ mod tests {
             q.push(window(i));
         }
         assert_eq!(stats.windows_dropped_total.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.queued.load(Ordering::Relaxed), 3);
         let b = q.pop_batch(2, Duration::ZERO);
         assert_eq!(b.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(stats.queued.load(Ordering::Relaxed), 1);
         q.close();
         assert_eq!(q.pop_batch(8, Duration::from_millis(50)).len(), 1);
         assert!(q.pop_batch(8, Duration::from_millis(50)).is_empty());
+        assert_eq!(stats.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn latency_histogram_counts_each_duration_in_the_first_bucket_that_holds_it() {
+        let h = LatencyHistogram::default();
+        // At a bound, just above it, far above the last one.
+        for us in [0, 500, 501, 1_000, 10_000_000, 10_000_001, u64::MAX] {
+            h.record(us);
+        }
+        let c = h.counts();
+        assert_eq!(c[0], 2, "0 and 500 µs are ≤ 0.5 ms");
+        assert_eq!(c[1], 2, "501 and 1000 µs are in (0.5 ms, 1 ms]");
+        assert_eq!(c[LATENCY_BUCKETS_US.len() - 1], 1, "10 s is in the last bounded bucket");
+        assert_eq!(c[LATENCY_BUCKETS_US.len()], 2, "above 10 s: the unbounded bucket");
+        assert_eq!(c.iter().sum::<u64>(), 7, "every duration counted once: {c:?}");
     }
 }

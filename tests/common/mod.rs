@@ -35,6 +35,16 @@ impl Mosquitto {
         Self::start_in(tempfile::tempdir().unwrap(), false, extra)
     }
 
+    /// Starts mosquitto with anonymous access on a given port (one a daemon already tries to reach).
+    pub fn start_on(port: u16) -> Self {
+        Self::start_at(
+            tempfile::tempdir().unwrap(),
+            false,
+            "allow_anonymous true\n",
+            Some(port),
+        )
+    }
+
     /// Starts mosquitto with a TLS listener (the `certs` server certificate, clients checked against `certs.ca`),
     /// anonymous access allowed; with `require_client_cert` a client without a certificate from that CA is refused
     /// in the handshake. Connect to [`Mosquitto::tls_url`]: the server certificate names `127.0.0.1` and
@@ -152,6 +162,10 @@ impl Mosquitto {
     }
 
     fn start_in(dir: tempfile::TempDir, persistent: bool, extra: &str) -> Self {
+        Self::start_at(dir, persistent, extra, None)
+    }
+
+    fn start_at(dir: tempfile::TempDir, persistent: bool, extra: &str, port: Option<u16>) -> Self {
         let persistence = if persistent {
             // `autosave_on_changes true` turns `autosave_interval` into a count of changes: with 1 the database is
             // written at the end of the main-loop pass that handled the change. (A time-based `autosave_interval 1`
@@ -163,11 +177,13 @@ impl Mosquitto {
         } else {
             "persistence false\n".to_owned()
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
         let mut conf = format!("listener {port} 127.0.0.1\n{persistence}log_dest stderr\n{extra}");
         if is_root() {
             conf.push_str("user root\n");
