@@ -81,6 +81,17 @@ pub enum Command {
     Preprocess(PreprocessArgs),
     /// CLIP BPE token ids of texts, 77 per text, exactly as ImageBind's tokenizer gives them.
     Tokenize(TokenizeArgs),
+    /// Score media files against prompts, as the daemon would: a ranked table per file, or per window.
+    ///
+    /// Prompts come from `--prompt` (labels are the texts), `--exemplar` files (media of the same modality that
+    /// define a label, alone or with its texts) and the `[[prompts]]` of a `--config` (labels are their ids).
+    /// With `--windows` each file is cut into the daemon's windows (the source's window settings from the
+    /// configuration, else the defaults) and every window is scored; `--timeline` draws those scores over time.
+    /// docs/prompts.md explains the scores.
+    Label(LabelArgs),
+    /// Zero-shot accuracy on a labelled dataset: `DIR/<class>/<file>` or a CSV of file and label (ESC-50's
+    /// meta/esc50.csv): one prompt per class from the templates, top-1, top-5, per-class recall, confusion matrix.
+    Eval(EvalArgs),
     /// List the capture devices: cameras (V4L2 nodes with their formats, sizes and rates), audio inputs (ALSA
     /// capture PCMs and cpal device ids) and serial ports with their stable `/dev/serial/by-id/` links. Nothing
     /// is streamed.
@@ -175,6 +186,17 @@ pub struct BackendArgs {
     /// Let ONNX Runtime's threads spin between calls (ONNX Runtime's own default; sensebind's is off).
     #[arg(long)]
     pub ort_spinning: bool,
+}
+
+/// `--mode` values.
+fn parse_mode(s: &str) -> Result<crate::labels::ScoreMode, String> {
+    use crate::labels::ScoreMode;
+    match s {
+        "softmax" => Ok(ScoreMode::Softmax),
+        "cosine" => Ok(ScoreMode::Cosine),
+        "zscore" => Ok(ScoreMode::Zscore),
+        other => Err(format!("{other:?} is not a score mode: softmax, cosine or zscore")),
+    }
 }
 
 /// `--backend` values: the configuration's names (`Backend` itself stays free of clap).
@@ -307,6 +329,120 @@ pub struct EmbedArgs {
     pub backends: BackendArgs,
 }
 
+/// Where `label` and `eval` get their towers, preprocessing and window settings.
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// A daemon configuration: its model directory and tower settings, `[preprocess]`, `[[prompts]]` and the
+    /// window settings of its source of this modality.
+    #[arg(long, short, conflicts_with_all = ["model", "params"])]
+    pub config: Option<PathBuf>,
+    /// A model directory (default: the bundled tiny models).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// The sensor whose window settings and prompts apply (default: the configuration's first source of this
+    /// modality).
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub source: Option<String>,
+    /// TOML file with `[depth]`, `[thermal]` and `[imu]` tables (with `--model`).
+    #[arg(long, value_name = "FILE")]
+    pub params: Option<PathBuf>,
+    /// Engine threads (with `--model`).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Most windows or clips per encoder call.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    #[command(flatten)]
+    pub backends: BackendArgs,
+}
+
+/// `sensebind label`
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// The modality of the inputs.
+    #[arg(long, short)]
+    pub modality: Modality,
+    /// Media files.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// A prompt; its label is its text (repeatable).
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompts: Vec<String>,
+    /// A media file defining a label: `LABEL=FILE` joins the prompt labelled LABEL (or makes it), a bare FILE makes
+    /// a prompt labelled by the file's stem (repeatable).
+    #[arg(long = "exemplar", value_name = "[LABEL=]FILE")]
+    pub exemplars: Vec<String>,
+    /// A background prompt (repeatable): part of every window's softmax, never listed ("silence", "an empty
+    /// room"); a `--exemplar` labelled with its text joins it.
+    #[arg(long = "background", value_name = "TEXT")]
+    pub backgrounds: Vec<String>,
+    /// Leave out the shipped background prompts the daemon adds by default (`[labels] default_background`).
+    #[arg(long)]
+    pub no_default_background: bool,
+    /// Score mode of the labels: softmax (default), cosine or zscore (docs/prompts.md). Overrides the modes of
+    /// the configuration's prompts too.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<crate::labels::ScoreMode>,
+    /// `zscore` labels: windows before a score counts (overrides `[labels] zscore_warmup_windows`, default 50).
+    #[arg(long, value_name = "N")]
+    pub zscore_warmup_windows: Option<u64>,
+    /// Threshold of the `--prompt` and `--exemplar` labels, on the mode's scale (the timeline's dashed line;
+    /// default 0.5, the daemon's).
+    #[arg(long, value_name = "SCORE")]
+    pub threshold: Option<f32>,
+    /// Cut each file into the daemon's windows and score every window.
+    #[arg(long)]
+    pub windows: bool,
+    /// Window length in seconds (overrides the source's or the default).
+    #[arg(long, value_name = "SECS")]
+    pub window_secs: Option<f64>,
+    /// Seconds between windows (overrides the source's or the default).
+    #[arg(long, value_name = "SECS")]
+    pub hop_secs: Option<f64>,
+    /// Images or text lines per second in a sequence (a replay source's `rate_hz`; default 1).
+    #[arg(long, value_name = "HZ")]
+    pub rate_hz: Option<f64>,
+    /// Draw the per-window scores of every prompt over time into this PNG (implies --windows; with several
+    /// inputs, each file's stem is added to the name).
+    #[arg(long, value_name = "PNG")]
+    pub timeline: Option<PathBuf>,
+    /// Print a JSON array, one object per file.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: BenchModelArgs,
+}
+
+/// `sensebind eval`
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// `DIR` with one folder of files per class, or a CSV of file and label (a header line; the `filename`/`file`
+    /// and `category`/`label`/`class` columns, else the first two).
+    pub dataset: PathBuf,
+    /// The modality of the files.
+    #[arg(long, short)]
+    pub modality: Modality,
+    /// Where a CSV's files are (default: the CSV's folder; for ESC-50's meta/esc50.csv, the audio/ folder
+    /// beside meta/).
+    #[arg(long, value_name = "DIR")]
+    pub media_dir: Option<PathBuf>,
+    /// Prompt templates, `{}` standing for the class name (repeatable; several are ensembled). Default by
+    /// modality: "a photo of a {}.", "the sound of a {}.", ...
+    #[arg(long = "template", value_name = "TEXT")]
+    pub templates: Vec<String>,
+    /// `CLASS=FILE`: a media file defining the class, with its templates or, with `--exemplars-only`, instead.
+    #[arg(long = "exemplar", value_name = "CLASS=FILE")]
+    pub exemplars: Vec<String>,
+    /// Classes with exemplars get no template texts.
+    #[arg(long)]
+    pub exemplars_only: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: BenchModelArgs,
+}
+
 /// `sensebind bench`
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -398,6 +534,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Bench(args) => bench_cmd(&args),
         Command::Preprocess(args) => preprocess_cmd(&args),
         Command::Tokenize(args) => tokenize_cmd(&args),
+        Command::Label(args) => label_cmd(&args),
+        Command::Eval(args) => eval_cmd(&args),
         Command::Devices(args) => {
             let mut found = crate::devices::list(&args.root);
             if args.root == std::path::Path::new("/") {
@@ -923,4 +1061,320 @@ fn bench_cmd(args: &BenchArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// What `label` and `eval` run with.
+struct BenchContext {
+    setup: crate::zeroshot::Setup,
+    /// The configuration's prompts (none with `--model`).
+    prompts: Vec<crate::labels::PromptConfig>,
+    spec: crate::window::WindowSpec,
+    rate_hz: f64,
+}
+
+/// The towers, preprocessing, prompts and window settings of `--config` or `--model`. `Ok(Err(code))`: the
+/// configuration is invalid (its errors are printed).
+fn bench_context(
+    args: &BenchModelArgs,
+    modality: Modality,
+    (threshold, mode): (f32, crate::labels::ScoreMode),
+) -> anyhow::Result<Result<BenchContext, u8>> {
+    use crate::labels::background::LabelsConfig;
+    use crate::window::WindowSpec;
+    use crate::zeroshot::Setup;
+    let Some(path) = &args.config else {
+        let options = args.backends.options(args.backends.single()?, args.threads);
+        let params = ParamsArgs {
+            params: args.params.clone(),
+            imu_rate_hz: None,
+            vocab_model: None,
+        };
+        return Ok(Ok(BenchContext {
+            setup: Setup {
+                model_dir: args.model.clone().unwrap_or_else(default_model_dir),
+                engine: options.clone(),
+                text_engine: options,
+                preprocess: load_params(&params)?,
+                source: modality.to_string(),
+                max_batch: args.max_batch,
+                exemplar_threshold: threshold,
+                exemplar_mode: mode,
+                background: LabelsConfig::default().background(&[modality].into()),
+                labels: LabelsConfig::default(),
+            },
+            prompts: Vec::new(),
+            spec: WindowSpec::for_modality(modality, None, None),
+            rate_hz: 1.0,
+        }));
+    };
+    let options = crate::config::CheckOptions { environment: false };
+    let loaded = match crate::config::load_with(path, options) {
+        Ok(l) => l,
+        Err(e) => {
+            report_config_errors(&e);
+            return Ok(Err(EXIT_CONFIG));
+        }
+    };
+    let c = &loaded.config;
+    let source = match &args.source {
+        Some(name) => {
+            let s = c
+                .sources
+                .iter()
+                .find(|s| s.name() == name)
+                .with_context(|| format!("{}: no source is named {name:?}", path.display()))?;
+            if s.modality() != modality {
+                bail!(
+                    "{}: source {name:?} is a {} source, not {modality}",
+                    path.display(),
+                    s.modality()
+                );
+            }
+            Some(s)
+        }
+        None => c.sources.iter().find(|s| s.modality() == modality),
+    };
+    let rate_hz = match source {
+        Some(crate::sources::config::SourceConfig::Replay(r)) => r.rate_hz.unwrap_or(1.0),
+        _ => 1.0,
+    };
+    Ok(Ok(BenchContext {
+        setup: Setup {
+            model_dir: loaded.resolve(&c.models.dir),
+            engine: loaded.engine_options(modality),
+            text_engine: loaded.engine_options(Modality::Text),
+            preprocess: c.preprocess.clone(),
+            source: source.map_or_else(|| modality.to_string(), |s| s.name().to_owned()),
+            max_batch: args.max_batch,
+            exemplar_threshold: threshold,
+            exemplar_mode: mode,
+            // As the daemon: the shipped sets of every source modality (runtime::plan).
+            background: c.labels.background(&c.sources.iter().map(|s| s.modality()).collect()),
+            labels: c.labels.clone(),
+        },
+        prompts: c.prompts.clone(),
+        spec: source.map_or_else(|| WindowSpec::for_modality(modality, None, None), |s| s.window()),
+        rate_hz,
+    }))
+}
+
+/// The window settings after `--window-secs`/`--hop-secs`, checked as a source's are. A new window length without
+/// a hop takes the default hop for it.
+fn window_overrides(cx: &BenchContext, args: &LabelArgs) -> anyhow::Result<(crate::window::WindowSpec, f64)> {
+    let mut spec = cx.spec;
+    if let Some(w) = args.window_secs {
+        spec = crate::window::WindowSpec::for_modality(args.modality, Some(w), None);
+    }
+    if let Some(h) = args.hop_secs {
+        spec.hop_secs = h;
+    }
+    if !(spec.window_secs.is_finite() && spec.window_secs > 0.0 && spec.window_secs <= 600.0) {
+        bail!("the window must be between 0 and 600 seconds, got {}", spec.window_secs);
+    }
+    if !(spec.hop_secs.is_finite() && spec.hop_secs >= 0.01 && spec.hop_secs <= 3600.0) {
+        bail!("the hop must be between 0.01 and 3600 seconds, got {}", spec.hop_secs);
+    }
+    let rate_hz = args.rate_hz.unwrap_or(cx.rate_hz);
+    if !(rate_hz.is_finite() && rate_hz > 0.0 && rate_hz <= 1000.0) {
+        bail!("--rate-hz must be between 0 and 1000, got {rate_hz}");
+    }
+    Ok((spec, rate_hz))
+}
+
+/// `label`'s prompts: the configuration's (their modes replaced by `--mode`), then `--prompt` and `--background`.
+fn label_prompts(args: &LabelArgs, cx: &mut BenchContext) -> anyhow::Result<()> {
+    use crate::labels::{PromptConfig, PromptRole, ScoreMode};
+    let mode = args.mode.unwrap_or(ScoreMode::Softmax);
+    if let Some(mode) = args.mode {
+        cx.prompts.iter_mut().for_each(|p| p.mode = mode);
+    }
+    let threshold = args.threshold.unwrap_or(0.5);
+    if !mode.threshold_range().contains(&threshold) {
+        let range = mode.threshold_range();
+        bail!(
+            "--threshold must be between {} and {} in mode {}, got {threshold}",
+            range.start(),
+            range.end(),
+            mode.as_str()
+        );
+    }
+    for (text, role) in args
+        .prompts
+        .iter()
+        .map(|t| (t, PromptRole::Label))
+        .chain(args.backgrounds.iter().map(|t| (t, PromptRole::Background)))
+    {
+        if text.trim().is_empty() || text.len() > 2000 {
+            bail!("{text:?}: a prompt is 1 to 2000 bytes of text");
+        }
+        cx.prompts.push(PromptConfig {
+            threshold,
+            mode,
+            role,
+            ..PromptConfig::new(text, text)
+        });
+    }
+    cx.setup.exemplar_threshold = threshold;
+    cx.setup.exemplar_mode = mode;
+    if args.no_default_background {
+        cx.setup.background.clear();
+    }
+    if let Some(n) = args.zscore_warmup_windows {
+        if !(2..=1_000_000).contains(&n) {
+            bail!("--zscore-warmup-windows must be between 2 and 1000000, got {n}");
+        }
+        cx.setup.labels.zscore_warmup_windows = n;
+    }
+    Ok(())
+}
+
+fn label_cmd(args: &LabelArgs) -> anyhow::Result<u8> {
+    use crate::labels::ScoreMode;
+    use crate::zeroshot::{Bench, Exemplar, report, timeline};
+    let mut cx = match bench_context(&args.model, args.modality, (0.5, ScoreMode::Softmax))? {
+        Ok(cx) => cx,
+        Err(code) => return Ok(code),
+    };
+    let (spec, rate_hz) = window_overrides(&cx, args)?;
+    label_prompts(args, &mut cx)?;
+    let exemplars: Vec<Exemplar> = args.exemplars.iter().map(|e| Exemplar::parse(e)).collect();
+    if cx.prompts.is_empty() && exemplars.is_empty() {
+        bail!("no prompts: give --prompt TEXT or --exemplar FILE, or a --config with [[prompts]]");
+    }
+    let bench = Bench::new(args.modality, &cx.setup, &cx.prompts, &exemplars)?;
+    let prompts: Vec<(String, f32, ScoreMode)> = bench
+        .prompts()
+        .iter()
+        .map(|p| (p.id.clone(), p.config.threshold, p.config.mode))
+        .collect();
+    if prompts.is_empty() {
+        bail!(
+            "none of the labels applies to {} windows of source {:?} (their role, modalities and sources keys)",
+            args.modality,
+            cx.setup.source
+        );
+    }
+    if bench.softmax_size() == 1 && prompts.iter().any(|p| p.2 == ScoreMode::Softmax) {
+        tracing::warn!("With a single prompt every softmax score is 1; add another prompt or a --background.");
+    }
+    let labels: Vec<String> = prompts.iter().map(|p| p.0.clone()).collect();
+    let mut docs = Vec::new();
+    // Whole files in zscore mode: each file is one window of the same sensor, in the order given.
+    let mut zscores = crate::labels::zscore::ZScores::default();
+    for input in &args.inputs {
+        let name = input.display().to_string();
+        if !(args.windows || args.timeline.is_some()) {
+            let scores = bench.label_file(input, &mut zscores)?;
+            if args.json {
+                docs.push(serde_json::to_value(report::file_json(&name, &scores))?);
+            } else {
+                println!("{}", report::file_table(&name, &scores));
+            }
+            continue;
+        }
+        let windows = bench.label_windows(input, spec, rate_hz)?;
+        if let Some(png) = &args.timeline {
+            let path = timeline_path(png, input, args.inputs.len());
+            let title = format!(
+                "{name}: {} windows of {} s every {} s",
+                args.modality, spec.window_secs, spec.hop_secs
+            );
+            let duration = windows.iter().map(|w| w.t1_secs).fold(0.0, f64::max);
+            timeline::write(&path, &title, &timeline::series(&windows, &prompts), duration)?;
+            if !args.json {
+                println!("wrote {}", path.display());
+            }
+        }
+        if args.json {
+            docs.push(serde_json::to_value(report::windows_json(&name, &windows))?);
+        } else {
+            println!("{}", report::windows_table(&name, &windows, &labels));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&docs)?);
+    }
+    Ok(EXIT_OK)
+}
+
+/// The timeline of `input`: `png` itself for a single input, else `png`'s stem, `-`, the input's stem, `.png`.
+fn timeline_path(png: &Path, input: &Path, inputs: usize) -> PathBuf {
+    if inputs <= 1 {
+        return png.to_path_buf();
+    }
+    let stem = png
+        .file_stem()
+        .map_or_else(|| "timeline".into(), |s| s.to_string_lossy().into_owned());
+    let input_stem = input
+        .file_stem()
+        .map_or_else(|| "input".into(), |s| s.to_string_lossy().into_owned());
+    png.with_file_name(format!("{stem}-{input_stem}.png"))
+}
+
+/// `eval`'s default prompt template for a modality.
+fn default_template(modality: Modality) -> &'static str {
+    match modality {
+        Modality::Vision => "a photo of a {}.",
+        Modality::Audio => "the sound of a {}.",
+        Modality::Depth => "a depth photo of a {}.",
+        Modality::Thermal => "a thermal photo of a {}.",
+        Modality::Imu | Modality::Text => "{}",
+    }
+}
+
+fn eval_cmd(args: &EvalArgs) -> anyhow::Result<u8> {
+    use crate::zeroshot::{Bench, Exemplar, eval};
+    let mut cx = match bench_context(&args.model, args.modality, (0.5, crate::labels::ScoreMode::Softmax))? {
+        Ok(cx) => cx,
+        Err(code) => return Ok(code),
+    };
+    // Classes compete only with each other, as in ImageBind's zero-shot evaluation.
+    cx.setup.background.clear();
+    let items = if args.dataset.is_dir() {
+        eval::read_folder(&args.dataset)?
+    } else {
+        let media = args
+            .media_dir
+            .clone()
+            .unwrap_or_else(|| default_media_dir(&args.dataset));
+        eval::read_csv(&args.dataset, &media)?
+    };
+    let mut exemplars = Vec::new();
+    for arg in &args.exemplars {
+        let e = Exemplar::parse(arg);
+        if e.label.is_none() {
+            bail!("--exemplar {arg}: give the class it defines, CLASS=FILE");
+        }
+        exemplars.push(e);
+    }
+    let templates = if args.templates.is_empty() {
+        vec![default_template(args.modality).to_owned()]
+    } else {
+        args.templates.clone()
+    };
+    let without: Vec<String> = if args.exemplars_only {
+        exemplars.iter().map(Exemplar::label).collect()
+    } else {
+        Vec::new()
+    };
+    let prompts = eval::class_prompts(&eval::classes(&items), &templates, &without);
+    let bench = Bench::new(args.modality, &cx.setup, &prompts, &exemplars)?;
+    let report = eval::evaluate(&bench, &items)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", eval::render(&report));
+    }
+    Ok(EXIT_OK)
+}
+
+/// A CSV's media folder: ESC-50's `audio/` beside its `meta/` folder, else the CSV's own folder.
+fn default_media_dir(csv: &Path) -> PathBuf {
+    let dir = csv.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let audio = dir.join("../audio");
+    if dir.file_name().is_some_and(|n| n == "meta") && audio.is_dir() {
+        audio
+    } else {
+        dir
+    }
 }

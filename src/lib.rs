@@ -13,6 +13,7 @@
 //! - [`encode`]: model directories (manifest, checksums), the [`encode::Encoder`] trait, the tract backend,
 //!   `models verify`.
 //! - [`bench`]: encoder latency and throughput.
+//! - [`zeroshot`]: the test bench behind `sensebind label` and `sensebind eval`.
 //! - [`cli`]: the `sensebind` command line; [`telemetry`]: logging.
 //!
 //! See `ARCHITECTURE.md` for the module map and the threading model.
@@ -39,3 +40,4 @@ pub mod telemetry;
 pub mod tensor;
 pub mod util;
 pub mod window;
+pub mod zeroshot;

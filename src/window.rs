@@ -426,6 +426,32 @@ pub fn prepare(window: &RawWindow, cx: &PrepareContext) -> Result<Tensor, String
     }
 }
 
+/// Cuts one recorded file into the windows the daemon cuts when it replays it: the file's samples as
+/// `sources::replay` plays them, stamped with their offset from the file's start instead of the clock, through
+/// the modality's [`windower`]. So `t0` and `t1` are file time (nanoseconds from the start), and the windows are
+/// the daemon's: the windowers cut by sample times and counts, never by arrival. `on_window` gets each window as
+/// it is cut (a long recording is never held whole); it returns false to stop. `rate_hz` paces image sequences
+/// and text lines as a replay source's `rate_hz` does.
+pub fn file_windows(
+    modality: Modality,
+    spec: WindowSpec,
+    file: &std::path::Path,
+    preprocess: &PreprocessConfig,
+    rate_hz: f64,
+    on_window: &mut dyn FnMut(RawWindow) -> bool,
+) -> Result<(), String> {
+    let mut cutter = windower(modality, spec);
+    let mut cut = Vec::new();
+    let mut go_on = true;
+    crate::sources::replay::read_samples(modality, file, preprocess, rate_hz, &mut |sample| {
+        cutter.push(sample, &mut cut);
+        for w in cut.drain(..) {
+            go_on = go_on && on_window(w);
+        }
+        go_on
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +540,87 @@ mod tests {
             let spec = WindowSpec { window_secs: 2.0, hop_secs: 0.7 };
             prop_assert_eq!(imu_windows(n, &[n], spec), imu_windows(n, &chunks, spec));
         }
+    }
+
+    /// A mono 16-bit PCM WAV of `samples` at `rate_hz`.
+    fn wav(samples: &[i16], rate_hz: u32) -> Vec<u8> {
+        let data = samples.len() as u32 * 2;
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RIFF");
+        b.extend_from_slice(&(36 + data).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt ");
+        b.extend_from_slice(&16u32.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&rate_hz.to_le_bytes());
+        b.extend_from_slice(&(rate_hz * 2).to_le_bytes());
+        b.extend_from_slice(&2u16.to_le_bytes());
+        b.extend_from_slice(&16u16.to_le_bytes());
+        b.extend_from_slice(b"data");
+        b.extend_from_slice(&data.to_le_bytes());
+        samples.iter().for_each(|s| b.extend_from_slice(&s.to_le_bytes()));
+        b
+    }
+
+    #[test]
+    fn a_files_windows_are_the_windowers_windows_in_file_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("ramp.wav");
+        let samples: Vec<i16> = (0..3000).map(|i| (i * 10) as i16).collect();
+        std::fs::write(&file, wav(&samples, 1000)).unwrap();
+        let spec = WindowSpec {
+            window_secs: 1.0,
+            hop_secs: 0.25,
+        };
+        let mut got = Vec::new();
+        file_windows(
+            Modality::Audio,
+            spec,
+            &file,
+            &PreprocessConfig::default(),
+            1.0,
+            &mut |w| {
+                got.push(w);
+                true
+            },
+        )
+        .unwrap();
+        let whole: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        let expected = audio_windows(&whole, &[whole.len()], spec);
+        assert_eq!(got.len(), expected.len());
+        assert_eq!(got.len(), 9);
+        for (g, (t0, t1, e)) in got.iter().zip(&expected) {
+            let RawWindowData::Audio { samples, rate_hz } = &g.data else {
+                panic!("not audio")
+            };
+            assert_eq!(*rate_hz, 1000);
+            assert_eq!(samples, e);
+            assert_eq!((g.t0, g.t1), (*t0, *t1), "file time: the first sample is at 0");
+        }
+        // Stopping early.
+        let mut n = 0;
+        file_windows(
+            Modality::Audio,
+            spec,
+            &file,
+            &PreprocessConfig::default(),
+            1.0,
+            &mut |_| {
+                n += 1;
+                n < 2
+            },
+        )
+        .unwrap();
+        assert_eq!(n, 2);
+        let missing = file_windows(
+            Modality::Audio,
+            spec,
+            &tmp.path().join("none.wav"),
+            &PreprocessConfig::default(),
+            1.0,
+            &mut |_| true,
+        );
+        assert!(missing.unwrap_err().contains("none.wav"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["publish"],
     &["control"],
     &["config"],
-    &["runtime", "bench", "devices"],
+    &["runtime", "bench", "devices", "zeroshot"],
     &["cli", "demo"],
 ];
 

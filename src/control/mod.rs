@@ -740,23 +740,18 @@ impl Controller {
     /// The window's scores with `zscore` labels standardised by their running statistics (0 and inactive while
     /// warming up), best first.
     fn standardise(&mut self, sensor: &str, labels: &[LabelScore]) -> Vec<LabelScore> {
-        let mut scores = labels.to_vec();
-        if !scores.iter().any(|l| l.mode == ScoreMode::Zscore) {
-            return scores;
+        if !labels.iter().any(|l| l.mode == ScoreMode::Zscore) {
+            return labels.to_vec();
         }
         let prompts = self.prompts();
-        let (warmup, memory) = (self.s.labels.zscore_warmup_windows, self.s.labels.zscore_memory_windows);
-        for ls in scores.iter_mut().filter(|l| l.mode == ScoreMode::Zscore) {
-            let threshold = prompts
+        let threshold_of = |label: &str| {
+            prompts
                 .labels()
-                .find(|p| p.id == ls.label)
-                .map_or(f32::INFINITY, |p| p.config.threshold);
-            let z = self.zscores.standardise(sensor, &ls.label, ls.cosine, warmup, memory);
-            ls.score = z.unwrap_or(0.0);
-            ls.active = z.is_some_and(|z| z >= threshold);
-        }
-        scores.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.label.cmp(&b.label)));
-        scores
+                .find(|p| p.id == label)
+                .map_or(f32::INFINITY, |p| p.config.threshold)
+        };
+        let (warmup, memory) = (self.s.labels.zscore_warmup_windows, self.s.labels.zscore_memory_windows);
+        crate::labels::zscore::standardise_scores(&mut self.zscores, sensor, labels, threshold_of, warmup, memory)
     }
 
     fn maybe_embedding(&mut self, w: &Scored, sensor: &SensorInfo) {

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 pub mod background;
 pub mod cache;
+pub mod exemplar;
 pub mod prompt;
 pub mod zscore;
 

@@ -100,6 +100,31 @@ impl ZScores {
     }
 }
 
+/// A window's scores with its `zscore` labels standardised by `zscores` (score 0 and inactive while warming up;
+/// active at `threshold_of(label)` standard deviations), re-sorted best first. Other labels are left as they are.
+/// The controller applies it to every scored window of a sensor, and `sensebind label` to a recording's windows.
+pub fn standardise_scores(
+    zscores: &mut ZScores,
+    sensor: &str,
+    labels: &[super::LabelScore],
+    threshold_of: impl Fn(&str) -> f32,
+    warmup: u64,
+    memory: u64,
+) -> Vec<super::LabelScore> {
+    let mut scores = labels.to_vec();
+    if !scores.iter().any(|l| l.mode == super::ScoreMode::Zscore) {
+        return scores;
+    }
+    for ls in scores.iter_mut().filter(|l| l.mode == super::ScoreMode::Zscore) {
+        let threshold = threshold_of(&ls.label);
+        let z = zscores.standardise(sensor, &ls.label, ls.cosine, warmup, memory);
+        ls.score = z.unwrap_or(0.0);
+        ls.active = z.is_some_and(|z| z >= threshold);
+    }
+    scores.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.label.cmp(&b.label)));
+    scores
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -273,6 +273,27 @@ pub struct WindowSpec {
     pub hop_secs: f64,
 }
 
+impl WindowSpec {
+    /// The settings of a source of `modality` that sets `window_secs` and `hop_secs` or leaves them out: window
+    /// vision 2 s, audio 2 s, imu 5 s, others 1 s; hop half the window (depth, thermal, text: 1 s).
+    pub fn for_modality(modality: Modality, window_secs: Option<f64>, hop_secs: Option<f64>) -> Self {
+        let default_window = match modality {
+            Modality::Vision | Modality::Audio => 2.0,
+            Modality::Imu => 5.0,
+            Modality::Depth | Modality::Thermal | Modality::Text => 1.0,
+        };
+        let window_secs = window_secs.unwrap_or(default_window);
+        let default_hop = match modality {
+            Modality::Depth | Modality::Thermal | Modality::Text => 1.0,
+            _ => window_secs / 2.0,
+        };
+        WindowSpec {
+            window_secs,
+            hop_secs: hop_secs.unwrap_or(default_hop),
+        }
+    }
+}
+
 /// `type = "replay"`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -396,20 +417,7 @@ impl SourceConfig {
             SourceConfig::Gstreamer(c) => (c.window_secs, c.hop_secs),
             SourceConfig::Microphone(c) => (c.window_secs, c.hop_secs),
         };
-        let default_window = match self.modality() {
-            Modality::Vision | Modality::Audio => 2.0,
-            Modality::Imu => 5.0,
-            Modality::Depth | Modality::Thermal | Modality::Text => 1.0,
-        };
-        let window_secs = w.unwrap_or(default_window);
-        let default_hop = match self.modality() {
-            Modality::Depth | Modality::Thermal | Modality::Text => 1.0,
-            _ => window_secs / 2.0,
-        };
-        WindowSpec {
-            window_secs,
-            hop_secs: h.unwrap_or(default_hop),
-        }
+        WindowSpec::for_modality(self.modality(), w, h)
     }
 }
 

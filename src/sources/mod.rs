@@ -95,6 +95,16 @@ impl Sample {
             Sample::Frame { t, .. } | Sample::Audio { t, .. } | Sample::Imu { t, .. } | Sample::Text { t, .. } => *t,
         }
     }
+
+    /// The same sample stamped with `t` (a recording's offsets restamped with the clock as it is played).
+    pub fn with_time(mut self, time: Timestamp) -> Self {
+        match &mut self {
+            Sample::Frame { t, .. } | Sample::Audio { t, .. } | Sample::Imu { t, .. } | Sample::Text { t, .. } => {
+                *t = time;
+            }
+        }
+        self
+    }
 }
 
 /// The stop signal every component watches.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{FrameImage, Pacer, Sample, Source, SourceError, SourceOutput, StopFlag};
-use crate::clock;
+use crate::clock::{self, Timestamp};
 use crate::modality::Modality;
 use crate::preprocess::{self, MediaKind, PreprocessConfig, sniff_media};
 
@@ -96,16 +96,15 @@ impl ReplaySource {
                 break;
             }
             let result = match self.modality {
-                Modality::Audio => self.play_audio(file, out, stop),
-                Modality::Imu => self.play_imu(file, out, stop),
-                Modality::Vision if is_video(file) => self.play_video(file, out, stop),
-                Modality::Text => self.play_text(file, out, stop, period),
-                _ => self.load_frame(file).map(|image| {
-                    if !pacer.wait_until(period * item, stop) {
-                        out.push(Sample::Frame { t: clock::now(), image });
-                    }
-                    item += 1;
-                }),
+                Modality::Vision | Modality::Depth | Modality::Thermal if !is_video(self.modality, file) => {
+                    load_frame(self.modality, file, &self.preprocess).map(|image| {
+                        if !pacer.wait_until(period * item, stop) {
+                            out.push(Sample::Frame { t: clock::now(), image });
+                        }
+                        item += 1;
+                    })
+                }
+                _ => self.play_paced(file, out, stop),
             };
             match result {
                 Ok(()) => ok += 1,
@@ -122,118 +121,152 @@ impl ReplaySource {
         ok
     }
 
-    fn load_frame(&self, file: &Path) -> Result<FrameImage, String> {
-        let name = file.display().to_string();
-        let bytes = std::fs::read(file).map_err(|e| format!("cannot read {name}: {e}"))?;
-        let kind = sniff_media(&bytes[..bytes.len().min(64)], file);
-        match self.modality {
-            Modality::Vision => preprocess::image::decode_rgb(&bytes, &name)
-                .map(|i| FrameImage::Rgb(Arc::new(i)))
-                .map_err(|e| e.to_string()),
-            Modality::Thermal => preprocess::image::decode_gray(&bytes, &name)
-                .map(|i| FrameImage::Gray(Arc::new(i)))
-                .map_err(|e| e.to_string()),
-            Modality::Depth if kind == MediaKind::Npy => {
-                let t = crate::npy::parse(&bytes, &name).map_err(|e| e.to_string())?;
-                let (shape, data) = t.into_parts();
-                let values = match data {
-                    crate::tensor::TensorData::F32(v) => v,
-                    crate::tensor::TensorData::I64(v) => v.into_iter().map(|x| x as f32).collect(),
-                };
-                preprocess::depth::from_npy(&shape, values, &name)
-                    .map(|d| FrameImage::Depth(Arc::new(d)))
-                    .map_err(|e| e.to_string())
-            }
-            Modality::Depth => {
-                let g = preprocess::image::decode_gray(&bytes, &name).map_err(|e| e.to_string())?;
-                let d = preprocess::depth::from_png_samples(g.width, g.height, &g.samples, &self.preprocess.depth);
-                Ok(FrameImage::Depth(Arc::new(d)))
-            }
-            other => Err(format!("{other} files are not frames")),
-        }
-    }
-
-    fn play_video(&self, file: &Path, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), String> {
-        let info = preprocess::video::probe(file).map_err(|e| e.to_string())?;
+    /// Plays one recording (a video, audio, an IMU file, text lines) at its own pace: each sample is held until
+    /// its offset from the file's start, then stamped with the clock.
+    fn play_paced(&self, file: &Path, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), String> {
         let pacer = Pacer::new();
-        let fps = info.fps.max(1e-3);
-        let mut pushed = 0usize;
-        preprocess::video::for_each_frame(file, info.width, info.height, |i, frame| {
-            if pacer.wait_until(Duration::from_secs_f64(i as f64 / fps), stop) {
+        read_samples(self.modality, file, &self.preprocess, self.rate_hz, &mut |sample| {
+            if pacer.wait_until(Duration::from_nanos(sample.time().0), stop) {
                 return false;
             }
-            out.push(Sample::Frame {
-                t: clock::now(),
-                image: FrameImage::Rgb(Arc::new(frame)),
-            });
-            pushed += 1;
+            out.push(sample.with_time(clock::now()));
             true
         })
-        .map_err(|e| e.to_string())?;
-        if pushed == 0 && !stop.is_raised() {
-            return Err(format!("{}: no frames", file.display()));
-        }
-        Ok(())
-    }
-
-    fn play_audio(&self, file: &Path, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), String> {
-        let name = file.display().to_string();
-        let bytes = std::fs::read(file).map_err(|e| format!("cannot read {name}: {e}"))?;
-        let wave = preprocess::audio::decode(bytes, &name).map_err(|e| e.to_string())?;
-        let rate = wave.sample_rate;
-        let first = wave.channels.into_iter().next().unwrap_or_default();
-        let block = ((f64::from(rate) * AUDIO_BLOCK_SECS).round() as usize).max(1);
-        let pacer = Pacer::new();
-        for (i, chunk) in first.chunks(block).enumerate() {
-            let due = Duration::from_secs_f64((i * block) as f64 / f64::from(rate));
-            if pacer.wait_until(due, stop) {
-                break;
-            }
-            out.push(Sample::Audio {
-                t: clock::now(),
-                rate_hz: rate,
-                samples: chunk.to_vec(),
-            });
-        }
-        Ok(())
-    }
-
-    fn play_imu(&self, file: &Path, out: &mut SourceOutput, stop: &StopFlag) -> Result<(), String> {
-        let name = file.display().to_string();
-        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {name}: {e}"))?;
-        let rec = preprocess::imu::parse(&text, &self.preprocess.imu, &name).map_err(|e| e.to_string())?;
-        let t0 = rec.time_s.first().copied().unwrap_or(0.0);
-        let pacer = Pacer::new();
-        for (i, &t) in rec.time_s.iter().enumerate() {
-            if pacer.wait_until(Duration::from_secs_f64((t - t0).max(0.0)), stop) {
-                break;
-            }
-            let v = |c: usize| rec.channels[c][i];
-            out.push(Sample::Imu {
-                t: clock::now(),
-                values: [v(0), v(1), v(2), v(3), v(4), v(5)],
-            });
-        }
-        Ok(())
-    }
-
-    fn play_text(&self, file: &Path, out: &mut SourceOutput, stop: &StopFlag, period: Duration) -> Result<(), String> {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let pacer = Pacer::new();
-        for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
-            if pacer.wait_until(period * i as u32, stop) {
-                break;
-            }
-            out.push(Sample::Text {
-                t: clock::now(),
-                text: line.to_owned(),
-            });
-        }
-        Ok(())
     }
 }
 
-fn is_video(file: &Path) -> bool {
+/// One file's samples in order, each stamped with its offset from the file's start (no pacing, no clock): what a
+/// replay of the file plays, and what `sensebind label --windows` cuts into windows. `emit` returns false to stop
+/// early. A video gives its frames at its frame rate, audio 20 ms blocks of its first channel at its sample rate,
+/// an IMU file its readings at its own times (from the first), a text file its non-empty lines every
+/// `1 / rate_hz` seconds, and an image (vision, depth, thermal) one frame at 0. Errors name the file.
+pub fn read_samples(
+    modality: Modality,
+    file: &Path,
+    preprocess: &PreprocessConfig,
+    rate_hz: f64,
+    emit: &mut dyn FnMut(Sample) -> bool,
+) -> Result<(), String> {
+    let at = |offset: Duration| Timestamp(u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX));
+    match modality {
+        Modality::Audio => read_audio(file, emit),
+        Modality::Imu => read_imu(file, preprocess, emit),
+        Modality::Text => {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let period = Duration::from_secs_f64(1.0 / rate_hz.max(1e-3));
+            for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+                let t = at(period * u32::try_from(i).unwrap_or(u32::MAX));
+                if !emit(Sample::Text {
+                    t,
+                    text: line.to_owned(),
+                }) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        Modality::Vision if is_video(modality, file) => read_video(file, emit),
+        Modality::Vision | Modality::Depth | Modality::Thermal => {
+            let image = load_frame(modality, file, preprocess)?;
+            emit(Sample::Frame { t: Timestamp(0), image });
+            Ok(())
+        }
+    }
+}
+
+fn load_frame(modality: Modality, file: &Path, preprocess: &PreprocessConfig) -> Result<FrameImage, String> {
+    let name = file.display().to_string();
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let kind = sniff_media(&bytes[..bytes.len().min(64)], file);
+    match modality {
+        Modality::Vision => preprocess::image::decode_rgb(&bytes, &name)
+            .map(|i| FrameImage::Rgb(Arc::new(i)))
+            .map_err(|e| e.to_string()),
+        Modality::Thermal => preprocess::image::decode_gray(&bytes, &name)
+            .map(|i| FrameImage::Gray(Arc::new(i)))
+            .map_err(|e| e.to_string()),
+        Modality::Depth if kind == MediaKind::Npy => {
+            let t = crate::npy::parse(&bytes, &name).map_err(|e| e.to_string())?;
+            let (shape, data) = t.into_parts();
+            let values = match data {
+                crate::tensor::TensorData::F32(v) => v,
+                crate::tensor::TensorData::I64(v) => v.into_iter().map(|x| x as f32).collect(),
+            };
+            preprocess::depth::from_npy(&shape, values, &name)
+                .map(|d| FrameImage::Depth(Arc::new(d)))
+                .map_err(|e| e.to_string())
+        }
+        Modality::Depth => {
+            let g = preprocess::image::decode_gray(&bytes, &name).map_err(|e| e.to_string())?;
+            let d = preprocess::depth::from_png_samples(g.width, g.height, &g.samples, &preprocess.depth);
+            Ok(FrameImage::Depth(Arc::new(d)))
+        }
+        other => Err(format!("{name}: {other} files are not frames")),
+    }
+}
+
+fn read_video(file: &Path, emit: &mut dyn FnMut(Sample) -> bool) -> Result<(), String> {
+    let info = preprocess::video::probe(file).map_err(|e| e.to_string())?;
+    let fps = info.fps.max(1e-3);
+    let mut decoded = 0usize;
+    preprocess::video::for_each_frame(file, info.width, info.height, |i, frame| {
+        decoded += 1;
+        emit(Sample::Frame {
+            t: Timestamp((i as f64 / fps * 1e9).round() as u64),
+            image: FrameImage::Rgb(Arc::new(frame)),
+        })
+    })
+    .map_err(|e| e.to_string())?;
+    if decoded == 0 {
+        return Err(format!("{}: no frames", file.display()));
+    }
+    Ok(())
+}
+
+fn read_audio(file: &Path, emit: &mut dyn FnMut(Sample) -> bool) -> Result<(), String> {
+    let name = file.display().to_string();
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let wave = preprocess::audio::decode(bytes, &name).map_err(|e| e.to_string())?;
+    let rate = wave.sample_rate;
+    let first = wave.channels.into_iter().next().unwrap_or_default();
+    let block = ((f64::from(rate) * AUDIO_BLOCK_SECS).round() as usize).max(1);
+    for (i, chunk) in first.chunks(block).enumerate() {
+        let t = (i * block) as u128 * 1_000_000_000 / u128::from(rate.max(1));
+        let sample = Sample::Audio {
+            t: Timestamp(u64::try_from(t).unwrap_or(u64::MAX)),
+            rate_hz: rate,
+            samples: chunk.to_vec(),
+        };
+        if !emit(sample) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn read_imu(file: &Path, preprocess: &PreprocessConfig, emit: &mut dyn FnMut(Sample) -> bool) -> Result<(), String> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let rec = preprocess::imu::parse(&text, &preprocess.imu, &name).map_err(|e| e.to_string())?;
+    let t0 = rec.time_s.first().copied().unwrap_or(0.0);
+    for (i, &t) in rec.time_s.iter().enumerate() {
+        let v = |c: usize| rec.channels[c][i];
+        let sample = Sample::Imu {
+            t: Timestamp(((t - t0).max(0.0) * 1e9).round() as u64),
+            values: [v(0), v(1), v(2), v(3), v(4), v(5)],
+        };
+        if !emit(sample) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a vision file is a video (anything but PNG, JPEG and `.npy`); other modalities have no videos.
+fn is_video(modality: Modality, file: &Path) -> bool {
+    if modality != Modality::Vision {
+        return false;
+    }
     let mut head = [0u8; 64];
     let n = std::fs::File::open(file)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
