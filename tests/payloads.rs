@@ -115,6 +115,10 @@ fn event_payloads_of_every_kind_match_their_schema() {
         config_rev: 1,
     };
     check("event.schema.json", &payloads::event(by, ts(), facts(EventType::Start)));
+    // A fused label's event: sensor "fused", modality "fusion".
+    let mut fused = facts(EventType::Start);
+    (fused.subject.sensor, fused.subject.modality) = ("fused".into(), "fusion".into());
+    check("event.schema.json", &payloads::event(by, ts(), fused));
     check(
         "event.schema.json",
         &payloads::event(by, ts(), facts(EventType::Update)),
