@@ -3,6 +3,9 @@
 //! Bundled tiny models, replay sources over the real recordings in `tests/fixtures/media` (one or more per
 //! modality, `configs/demo.toml`), an embedded MQTT broker (rumqttd) on a free loopback port unless `--mqtt` names
 //! one, and a live view: one line per label message, as a subscriber receives it.
+//!
+//! Installed from the `.deb`, the same files live under `/usr/share/sensebind` (`demo/demo.toml`, `demo/media/`,
+//! `models/imagebind-tiny/`; `tools/package-deb`), found from the executable's own path (`demo_config_path`).
 
 #![allow(clippy::print_stdout)] // the live view is the demo's output
 
@@ -17,16 +20,76 @@ use crate::config::{self, LoadedConfig};
 use crate::publish::Topics;
 use crate::runtime::{self, RunOptions};
 
-/// Where `configs/demo.toml` is: `$SENSEBIND_DEMO_CONFIG`, `./configs/demo.toml`, or the source tree.
-pub fn demo_config_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("SENSEBIND_DEMO_CONFIG") {
-        return PathBuf::from(p);
+/// Names a demo configuration file, used as given (a missing file is reported by `config::load`).
+pub const DEMO_CONFIG_ENV: &str = "SENSEBIND_DEMO_CONFIG";
+/// Names an installed data directory (what the package puts in `/usr/share/sensebind`), used as given.
+pub const DATA_DIR_ENV: &str = "SENSEBIND_DATA_DIR";
+/// The installed data directory under the executable's prefix (`/usr/bin/sensebind` → `/usr/share/sensebind`).
+pub const DATA_DIR_UNDER_PREFIX: &str = "share/sensebind";
+/// The demo's configuration inside a data directory; its paths lead to `../models/imagebind-tiny` and `media/`.
+pub const DEMO_CONFIG_IN_DATA_DIR: &str = "demo/demo.toml";
+
+/// Where the demo's configuration is, the first that applies:
+///
+/// 1. `$SENSEBIND_DEMO_CONFIG`;
+/// 2. `$SENSEBIND_DATA_DIR/demo/demo.toml`;
+/// 3. `./configs/demo.toml` (a source checkout), if it exists;
+/// 4. `<prefix>/share/sensebind/demo/demo.toml` for an executable `<prefix>/bin/sensebind` (the installed
+///    package), if it exists;
+/// 5. `configs/demo.toml` in the source tree this binary was built from, if it exists.
+///
+/// None found is an error naming every place looked at.
+pub fn demo_config_path() -> anyhow::Result<PathBuf> {
+    find_demo_config(
+        std::env::var_os(DEMO_CONFIG_ENV).map(PathBuf::from),
+        std::env::var_os(DATA_DIR_ENV).map(PathBuf::from),
+        std::env::current_exe().ok().as_deref(),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        |p| p.is_file(),
+    )
+    .map_err(|tried| {
+        let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        anyhow::anyhow!(
+            "the demo's configuration was not found (looked at {}); set {DATA_DIR_ENV} to the directory the \
+             package installs as /usr/share/sensebind, or {DEMO_CONFIG_ENV} to a demo.toml",
+            tried.join(", ")
+        )
+    })
+}
+
+/// `demo_config_path` with its inputs given; `Err` lists the candidates looked at.
+fn find_demo_config(
+    demo_config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    exe: Option<&Path>,
+    source_tree: &Path,
+    is_file: impl Fn(&Path) -> bool,
+) -> Result<PathBuf, Vec<PathBuf>> {
+    if let Some(p) = demo_config {
+        return Ok(p);
     }
-    let local = PathBuf::from("configs/demo.toml");
-    if local.is_file() {
-        return local;
+    if let Some(dir) = data_dir {
+        return Ok(dir.join(DEMO_CONFIG_IN_DATA_DIR));
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml")
+    let candidates: Vec<PathBuf> = [
+        Some(PathBuf::from("configs/demo.toml")),
+        exe.and_then(Path::parent)
+            .and_then(Path::parent)
+            .map(|prefix| prefix.join(DATA_DIR_UNDER_PREFIX).join(DEMO_CONFIG_IN_DATA_DIR)),
+        Some(source_tree.join("configs/demo.toml")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match candidates.iter().find(|p| is_file(p)) {
+        Some(p) => Ok(p.clone()),
+        None => Err(candidates),
+    }
+}
+
+/// A path as shown to the user: without `..` where it exists.
+fn shown(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// A free TCP port on the loopback interface.
@@ -116,7 +179,7 @@ pub async fn run(
     mqtt_url: Option<String>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<u8> {
-    let path = demo_config_path();
+    let path = demo_config_path()?;
     let mut loaded: LoadedConfig = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     loaded.config.runtime.state_dir = std::env::temp_dir().join("sensebind-demo-state");
     let url = match mqtt_url {
@@ -135,7 +198,11 @@ pub async fn run(
         loaded.config.sources.len(),
         loaded.config.prompts.len()
     );
-    println!("models: bundled imagebind-tiny (random weights: the labels show the pipeline working, not meaning)");
+    println!("config: {}", shown(&path).display());
+    println!(
+        "models: bundled imagebind-tiny in {} (random weights: the labels show the pipeline working, not meaning)",
+        shown(&loaded.resolve(&loaded.config.models.dir)).display()
+    );
     println!(
         "listening on {} — one line per window: time, source, modality, seq, top labels (* = active)",
         topics.labels_filter()
@@ -182,4 +249,67 @@ pub async fn run(
     let dropped: u64 = snap.encoders.values().map(|e| e.windows_dropped_total).sum();
     println!("done: {encoded} windows embedded and labelled, {dropped} dropped");
     Ok(if summary.stragglers.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find(
+        demo: Option<&str>,
+        data: Option<&str>,
+        exe: Option<&str>,
+        files: &[&str],
+    ) -> Result<PathBuf, Vec<PathBuf>> {
+        find_demo_config(
+            demo.map(PathBuf::from),
+            data.map(PathBuf::from),
+            exe.map(Path::new),
+            Path::new("/src/sensebind"),
+            |p| files.iter().any(|f| Path::new(f) == p),
+        )
+    }
+
+    #[test]
+    fn the_environment_wins_even_over_existing_files() {
+        let all = ["configs/demo.toml", "/usr/share/sensebind/demo/demo.toml"];
+        assert_eq!(
+            find(Some("/x/my.toml"), Some("/data"), Some("/usr/bin/sensebind"), &all),
+            Ok(PathBuf::from("/x/my.toml"))
+        );
+        assert_eq!(
+            find(None, Some("/data"), Some("/usr/bin/sensebind"), &all),
+            Ok(PathBuf::from("/data/demo/demo.toml"))
+        );
+    }
+
+    #[test]
+    fn a_checkout_then_the_installed_package_then_the_source_tree() {
+        let exe = Some("/opt/x/usr/bin/sensebind");
+        let installed = "/opt/x/usr/share/sensebind/demo/demo.toml";
+        let source = "/src/sensebind/configs/demo.toml";
+        assert_eq!(
+            find(None, None, exe, &["configs/demo.toml", installed, source]),
+            Ok(PathBuf::from("configs/demo.toml"))
+        );
+        assert_eq!(
+            find(None, None, exe, &[installed, source]),
+            Ok(PathBuf::from(installed))
+        );
+        assert_eq!(find(None, None, exe, &[source]), Ok(PathBuf::from(source)));
+        assert_eq!(find(None, None, None, &[source]), Ok(PathBuf::from(source)));
+    }
+
+    #[test]
+    fn nothing_found_names_every_place_looked_at() {
+        let tried = find(None, None, Some("/usr/bin/sensebind"), &[]).unwrap_err();
+        assert_eq!(
+            tried,
+            vec![
+                PathBuf::from("configs/demo.toml"),
+                PathBuf::from("/usr/share/sensebind/demo/demo.toml"),
+                PathBuf::from("/src/sensebind/configs/demo.toml"),
+            ]
+        );
+    }
 }
