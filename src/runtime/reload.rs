@@ -8,8 +8,9 @@
 //! - `[[sources]]`: a source added is started, one removed is stopped, one whose settings changed is stopped and
 //!   started anew; the others keep running without a gap (their window sequence numbers continue);
 //!   `[preprocess]`, `runtime.ring_secs` and `runtime.ring_max_bytes` restart every source;
-//! - everything else (`[device]`, `[models]`, the MQTT connection, `runtime.state_dir`, …), and a source of a
-//!   modality whose tower is not loaded, takes effect at the next start: `config/state.pending_restart` names it.
+//! - everything else (`[device]`, `[models]`, the MQTT connection, `runtime.state_dir`, `[metrics]`, …), and a
+//!   source of a modality whose tower is not loaded, takes effect at the next start: `config/state.pending_restart`
+//!   names it.
 //!
 //! An invalid file changes nothing: the last good configuration keeps running, and the log, `config/state`
 //! (`status: rejected`) and the `cmd/response` give every error with its key path.
@@ -56,6 +57,8 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     let live_or_rings: Vec<&str> = LIVE_RUNTIME.iter().chain(RING_RUNTIME).copied().collect();
     pending.extend(changed_keys("runtime", &old.runtime, &new.runtime, &live_or_rings));
     pending.extend(changed_keys("labels", &old.labels, &new.labels, LIVE_LABELS));
+    // The HTTP server is bound once, before the models load.
+    pending.extend(changed_keys("metrics", &old.metrics, &new.metrics, &[]));
     let restart_all = value(&old.preprocess) != value(&new.preprocess)
         || RING_RUNTIME
             .iter()
@@ -119,6 +122,7 @@ fn effective(current: &LoadedConfig, new: LoadedConfig, kept_sources: &[String])
         (cfg.runtime.top_k, cfg.runtime.ring_secs, cfg.runtime.ring_max_bytes);
     cfg.runtime = runtime;
     cfg.labels.default_background = old.labels.default_background;
+    cfg.metrics = old.metrics.clone();
     // A source that could not be started keeps its old settings (or stays absent).
     for name in kept_sources {
         let old_entry = old.sources.iter().find(|s| s.name() == name).cloned();
@@ -343,6 +347,11 @@ text = "walking"
         assert!(c.prompts);
         assert_eq!(c.pending_restart, vec!["mqtt.url".to_owned()]);
         assert!(c.changed.is_empty() && c.added.is_empty() && c.removed.is_empty());
+        let with_metrics = format!("{BASE}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        assert_eq!(
+            diff(&parse(BASE), &parse(&with_metrics)).pending_restart,
+            vec!["metrics".to_owned()]
+        );
     }
 
     #[test]
