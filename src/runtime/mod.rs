@@ -335,27 +335,8 @@ pub async fn run(
     )
     .with_reloads(reload_tx);
     running.controller = Some(tokio::spawn(controller.run(scored_rx, command_rx, reloads)));
-    let n_sources = sources.running.len();
     running.sources = Some(sources);
-    let metrics = Arc::new(metrics);
-    running.metrics = Arc::clone(&metrics);
-    running.stats = stages::start_stats(
-        &metrics,
-        &outbox,
-        running.stats_topic.clone(),
-        &cfg.device.id,
-        cfg.runtime.stats_interval_secs,
-        started,
-    );
-    health.pipeline_running(&metrics);
-    tracing::info!(
-        sources = n_sources,
-        encoders = running.workers.len(),
-        startup_ms = started.elapsed().as_millis() as u64,
-        "Pipeline running."
-    );
-    running.notify_ready();
-    running.restart_watchdog();
+    running.pipeline_running(metrics, &health, cfg.runtime.stats_interval_secs);
     let mut waits = Waits {
         stop,
         until: options.duration.map(|d| tokio::time::Instant::now() + d),
@@ -412,6 +393,29 @@ impl Waits {
 }
 
 impl Running {
+    /// Every stage runs: the stats task starts, `/readyz` and systemd are told, the watchdog starts.
+    fn pipeline_running(&mut self, metrics: Metrics, health: &Health, stats_interval_secs: f64) {
+        let metrics = Arc::new(metrics);
+        self.metrics = Arc::clone(&metrics);
+        self.stats = stages::start_stats(
+            &metrics,
+            &self.outbox,
+            self.stats_topic.clone(),
+            &self.device,
+            stats_interval_secs,
+            self.started,
+        );
+        health.pipeline_running(&metrics);
+        tracing::info!(
+            sources = self.sources.as_ref().map_or(0, |s| s.running.len()),
+            encoders = self.workers.len(),
+            startup_ms = self.started.elapsed().as_millis() as u64,
+            "Pipeline running."
+        );
+        self.notify_ready();
+        self.restart_watchdog();
+    }
+
     /// Tells systemd the daemon is ready.
     fn notify_ready(&self) {
         if let Some(n) = &self.notifier {
