@@ -231,7 +231,26 @@ fn broker_killed_mid_stream_loses_no_event_and_state_is_right_after_reconnect() 
             event_messages(m).len() as u64 >= published
                 && last_event.is_some_and(|i| common::said_offline(&m[i..], "bk"))
         }),
-        "{published} event messages and then offline did not arrive:\n{log}"
+        "{published} event messages and then offline did not arrive; received {:?}, topics after the last event {:?}\n\
+         broker log:\n{}\ndaemon log:\n{log}",
+        event_messages(&sub.snapshot()),
+        {
+            let m = sub.snapshot();
+            let from = m
+                .iter()
+                .rposition(|r| r.topic.starts_with("sensebind/bk/events/"))
+                .unwrap_or(0);
+            m[from..]
+                .iter()
+                .map(|r| {
+                    (
+                        r.topic.clone(),
+                        String::from_utf8_lossy(&r.payload).chars().take(40).collect::<String>(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        },
+        broker.log()
     );
     let msgs = sub.snapshot();
     // Every (event id, message number) the daemon published arrived at least once, or was counted as dropped.

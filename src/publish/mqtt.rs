@@ -15,7 +15,8 @@
 //! - Commands: publishes on the command topics are forwarded to the controller through a bounded channel (full:
 //!   the command is dropped, counted and logged); retained commands are forwarded marked as retained, so the
 //!   controller can refuse them.
-//! - Shutdown: everything still in the outbox is handed over, `offline` is published, then DISCONNECT.
+//! - Shutdown: everything still in the outbox is handed over and acknowledged, then `offline` is published and,
+//!   once acknowledged too, DISCONNECT.
 //! - Secrets (password, client key) are never logged: the settings' `Debug` redacts them.
 //!
 //! The decisions (phase, messages in flight, backoff, first-connect report, republication, shutdown) are made
@@ -37,7 +38,7 @@ use rumqttc::{
 };
 
 use self::state::{Action, ConnectionState, Ending, Event, Failure, FailureLog};
-use super::{BrokerUrl, Outbox, Topics};
+use super::{BrokerUrl, OutMessage, Outbox, Topics};
 use crate::clock::{self, Timestamp};
 
 /// TLS material, read at start-up.
@@ -465,7 +466,12 @@ impl Driver {
                 }
                 return ControlFlow::Continue(Some(Event::BackoffOver));
             }
-            Action::SayOffline => self.say_offline(),
+            Action::SayOffline => return ControlFlow::Continue(self.say_offline()),
+            Action::Disconnect => {
+                if self.client.try_disconnect().is_err() {
+                    tracing::warn!("MQTT client queue full at shutdown; the broker's Last Will says offline.");
+                }
+            }
             Action::Finish(ending) => {
                 self.finish(ending);
                 return ControlFlow::Break(());
@@ -486,13 +492,19 @@ impl Driver {
         }
     }
 
-    fn say_offline(&self) {
-        let offline = self
+    /// Publishes `offline`, to be tracked until acknowledged like any message.
+    fn say_offline(&self) -> Option<Event> {
+        let offline = OutMessage::state(self.availability.clone(), "offline");
+        match self
             .client
-            .try_publish(self.availability.clone(), QoS::AtLeastOnce, true, "offline");
-        let bye = self.client.try_disconnect();
-        if offline.is_err() || bye.is_err() {
-            tracing::warn!(topic = %self.availability, "MQTT client queue full at shutdown; the broker's Last Will says offline.");
+            .try_publish(offline.topic.clone(), QoS::AtLeastOnce, true, offline.payload.clone())
+        {
+            Ok(()) => Some(Event::Handed(offline)),
+            Err(_) => {
+                // Nothing is in flight, so the next turn's tick queues the DISCONNECT.
+                tracing::warn!(topic = %self.availability, "MQTT client queue full at shutdown; `offline` was not published.");
+                None
+            }
         }
     }
 

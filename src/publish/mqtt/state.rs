@@ -30,8 +30,9 @@ pub(super) enum Phase {
     Connected,
     /// The connection failed; no polling until `until`. `attempt` counts the failures since the last CONNACK.
     Backoff { until: Timestamp, attempt: u32 },
-    /// Everything was handed over after a stop: `offline` and DISCONNECT are queued since `since`.
-    Closing { since: Timestamp },
+    /// Everything was acknowledged after a stop: `offline` was handed over at `since`; DISCONNECT follows its
+    /// acknowledgement (`disconnecting` once it is queued).
+    Closing { since: Timestamp, disconnecting: bool },
     /// Finished: the driver returns.
     Closed,
 }
@@ -117,8 +118,10 @@ pub(super) enum Action {
     Requeue(Vec<OutMessage>),
     /// Wait this long before polling again (a stop may cut it short), then report [`Event::BackoffOver`].
     Sleep(Duration),
-    /// Publish `offline` (retained) and DISCONNECT.
+    /// Publish `offline` (retained) and report it as [`Event::Handed`], so that it is tracked until acknowledged.
     SayOffline,
+    /// Queue the DISCONNECT.
+    Disconnect,
     /// End the task.
     Finish(Ending),
 }
@@ -360,8 +363,12 @@ impl ConnectionState {
         actions
     }
 
-    /// After a stop: flush, then `offline` and DISCONNECT once everything is handed over; give up when the
-    /// broker is away and nothing more will come, or at the deadline.
+    /// After a stop: flush, then `offline` once everything is acknowledged, then DISCONNECT once `offline` is; give
+    /// up when the broker is away and nothing more will come, or at the deadline.
+    ///
+    /// Waiting for the acknowledgements matters: a client that closes its socket while the broker's PUBACKs are
+    /// still coming makes the broker see an error rather than the DISCONNECT (mosquitto 2.0 logs "disconnected due
+    /// to out of memory"), and the broker then drops what it had not read yet and sends the Last Will.
     fn tick(&mut self, now: Timestamp, outbox_closed: bool, outbox_empty: bool) -> Vec<Action> {
         let Some(since) = self.stop_seen else {
             return Vec::new();
@@ -372,9 +379,22 @@ impl ConnectionState {
                 self.phase = Phase::Closed;
                 return vec![Action::Finish(Ending::Unreachable)];
             }
-            Phase::Connected if outbox_closed && outbox_empty && self.in_flight.handed.is_empty() => {
-                self.phase = Phase::Closing { since: now };
+            Phase::Connected if outbox_closed && outbox_empty && self.in_flight.len() == 0 => {
+                self.phase = Phase::Closing {
+                    since: now,
+                    disconnecting: false,
+                };
                 actions.push(Action::SayOffline);
+            }
+            Phase::Closing {
+                since: offline_at,
+                disconnecting: false,
+            } if self.in_flight.len() == 0 => {
+                self.phase = Phase::Closing {
+                    since: offline_at,
+                    disconnecting: true,
+                };
+                actions.push(Action::Disconnect);
             }
             _ => {}
         }
@@ -701,10 +721,32 @@ mod tests {
             "rumqttc has not written it yet"
         );
         s.handle(at(310), Event::Written(1));
+        assert_eq!(
+            s.handle(at(315), tick(true, true)),
+            [],
+            "written, not acknowledged: closing the socket now can lose it at the broker"
+        );
+        assert_eq!(s.handle(at(318), Event::Acked(1)), [Action::Acked]);
         assert_eq!(s.handle(at(320), tick(true, true)), [Action::SayOffline]);
-        assert_eq!(s.phase(), Phase::Closing { since: at(320) });
+        assert_eq!(
+            s.phase(),
+            Phase::Closing {
+                since: at(320),
+                disconnecting: false
+            }
+        );
         assert!(!s.may_hand());
-        assert_eq!(s.handle(at(330), tick(true, true)), [], "offline is said once");
+        // The driver published `offline` and reports it handed; it is tracked like any message.
+        assert_eq!(
+            s.handle(at(321), Event::Handed(OutMessage::state("a".into(), "offline"))),
+            []
+        );
+        assert_eq!(s.handle(at(322), tick(true, true)), [], "offline is said once");
+        s.handle(at(323), Event::Written(2));
+        assert_eq!(s.handle(at(324), tick(true, true)), [], "offline not acknowledged yet");
+        assert_eq!(s.handle(at(325), Event::Acked(2)), [Action::Acked]);
+        assert_eq!(s.handle(at(326), tick(true, true)), [Action::Disconnect]);
+        assert_eq!(s.handle(at(327), tick(true, true)), [], "DISCONNECT is queued once");
         assert_eq!(
             s.handle(at(340), Event::DisconnectSent),
             [Action::Finish(Ending::Disconnected)]
@@ -746,7 +788,11 @@ mod tests {
         let mut s = connected();
         hand_and_write(&mut s, &[event(1), event(2)], 1);
         s.handle(at(1000), Event::StopRequested);
-        assert_eq!(s.handle(at(1000), tick(true, true)), [Action::SayOffline]);
+        assert_eq!(
+            s.handle(at(1000), tick(true, true)),
+            [],
+            "waits for the acknowledgements"
+        );
         assert_eq!(
             s.handle(at(6000), tick(true, true)),
             [Action::Finish(Ending::Deadline {
@@ -759,9 +805,11 @@ mod tests {
     #[test]
     fn failure_while_closing_ends_instead_of_backing_off() {
         let mut s = connected();
-        hand_and_write(&mut s, &[event(1)], 1);
         s.handle(at(10), Event::StopRequested);
-        s.handle(at(10), tick(true, true));
+        assert_eq!(s.handle(at(10), tick(true, true)), [Action::SayOffline]);
+        let offline = OutMessage::state("a".into(), "offline");
+        s.handle(at(11), Event::Handed(offline.clone()));
+        s.handle(at(12), Event::Written(1));
         let actions = s.handle(at(20), lost("broken pipe"));
         assert_eq!(
             actions,
@@ -770,11 +818,25 @@ mod tests {
                     error: "broken pipe".into(),
                     log: FailureLog::WhileClosing
                 },
-                Action::Requeue(vec![event(1)]),
+                Action::Requeue(vec![offline]),
                 Action::Finish(Ending::LostWhileClosing),
             ]
         );
         assert_eq!(s.phase(), Phase::Closed);
+    }
+
+    #[test]
+    fn failure_while_waiting_for_the_last_acknowledgements_requeues_and_ends_unreachable() {
+        let mut s = connected();
+        hand_and_write(&mut s, &[event(1)], 1);
+        s.handle(at(10), Event::StopRequested);
+        assert_eq!(s.handle(at(10), tick(true, true)), []);
+        let actions = s.handle(at(20), lost("broken pipe"));
+        assert_eq!(actions[1], Action::Requeue(vec![event(1)]));
+        assert_eq!(
+            s.handle(at(30), tick(true, false)),
+            [Action::Finish(Ending::Unreachable)]
+        );
     }
 
     #[test]
