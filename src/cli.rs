@@ -92,6 +92,10 @@ pub enum Command {
     /// Zero-shot accuracy on a labelled dataset: `DIR/<class>/<file>` or a CSV of file and label (ESC-50's
     /// meta/esc50.csv): one prompt per class from the templates, top-1, top-5, per-class recall, confusion matrix.
     Eval(EvalArgs),
+    /// Thresholds for a target false-alarm rate: scores recordings that contain no events as the daemon would,
+    /// replays each label's scores through the daemon's event logic, and prints the `[[prompts]]` tables with the
+    /// lowest thresholds that start at most the allowed number of events on them (docs/prompts.md).
+    Calibrate(CalibrateArgs),
     /// List the capture devices: cameras (V4L2 nodes with their formats, sizes and rates), audio inputs (ALSA
     /// capture PCMs and cpal device ids) and serial ports with their stable `/dev/serial/by-id/` links. Nothing
     /// is streamed.
@@ -330,7 +334,7 @@ pub struct EmbedArgs {
 }
 
 /// Where `label` and `eval` get their towers, preprocessing and window settings.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchModelArgs {
     /// A daemon configuration: its model directory and tower settings, `[preprocess]`, `[[prompts]]` and the
     /// window settings of its source of this modality.
@@ -411,6 +415,76 @@ pub struct LabelArgs {
     pub json: bool,
     #[command(flatten)]
     pub model: BenchModelArgs,
+}
+
+/// `sensebind calibrate`
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The modality of the recordings.
+    #[arg(long, short)]
+    pub modality: Modality,
+    /// Recordings that contain none of the labels' events (a quiet night, an empty room).
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Target false alarms per hour: the recordings may start at most this × their hours events (rounded down).
+    #[arg(long, value_name = "N", default_value_t = 1.0)]
+    pub false_alarms_per_hour: f64,
+    /// A prompt to calibrate besides the configuration's; its label is its text (repeatable).
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompts: Vec<String>,
+    /// A background prompt (repeatable).
+    #[arg(long = "background", value_name = "TEXT")]
+    pub backgrounds: Vec<String>,
+    /// Leave out the shipped background prompts.
+    #[arg(long)]
+    pub no_default_background: bool,
+    /// Score mode of every label (overrides the configuration's).
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<crate::labels::ScoreMode>,
+    /// `zscore` labels: windows before a score counts.
+    #[arg(long, value_name = "N")]
+    pub zscore_warmup_windows: Option<u64>,
+    /// Window length in seconds (overrides the source's or the default).
+    #[arg(long, value_name = "SECS")]
+    pub window_secs: Option<f64>,
+    /// Seconds between windows (overrides the source's or the default).
+    #[arg(long, value_name = "SECS")]
+    pub hop_secs: Option<f64>,
+    /// Images or text lines per second in a sequence (default 1).
+    #[arg(long, value_name = "HZ")]
+    pub rate_hz: Option<f64>,
+    /// Also write the snippet to this file.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print JSON (`prompts`: each label's outcome; `upsert`: the calibrated prompts, as `prompts/set` takes them).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: BenchModelArgs,
+}
+
+impl CalibrateArgs {
+    /// The same prompts, windows and towers as `label` arguments.
+    fn as_label_args(&self) -> LabelArgs {
+        LabelArgs {
+            modality: self.modality,
+            inputs: self.inputs.clone(),
+            prompts: self.prompts.clone(),
+            exemplars: Vec::new(),
+            backgrounds: self.backgrounds.clone(),
+            no_default_background: self.no_default_background,
+            mode: self.mode,
+            zscore_warmup_windows: self.zscore_warmup_windows,
+            threshold: None,
+            windows: true,
+            window_secs: self.window_secs,
+            hop_secs: self.hop_secs,
+            rate_hz: self.rate_hz,
+            timeline: None,
+            json: self.json,
+            model: self.model.clone(),
+        }
+    }
 }
 
 /// `sensebind eval`
@@ -536,6 +610,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Tokenize(args) => tokenize_cmd(&args),
         Command::Label(args) => label_cmd(&args),
         Command::Eval(args) => eval_cmd(&args),
+        Command::Calibrate(args) => calibrate_cmd(&args),
         Command::Devices(args) => {
             let mut found = crate::devices::list(&args.root);
             if args.root == std::path::Path::new("/") {
@@ -1068,6 +1143,8 @@ struct BenchContext {
     setup: crate::zeroshot::Setup,
     /// The configuration's prompts (none with `--model`).
     prompts: Vec<crate::labels::PromptConfig>,
+    /// The configuration's `[events]` (the defaults with `--model`).
+    events: crate::events::EventsConfig,
     spec: crate::window::WindowSpec,
     rate_hz: f64,
 }
@@ -1103,6 +1180,7 @@ fn bench_context(
                 labels: LabelsConfig::default(),
             },
             prompts: Vec::new(),
+            events: crate::events::EventsConfig::default(),
             spec: WindowSpec::for_modality(modality, None, None),
             rate_hz: 1.0,
         }));
@@ -1153,6 +1231,7 @@ fn bench_context(
             labels: c.labels.clone(),
         },
         prompts: c.prompts.clone(),
+        events: c.events.clone(),
         spec: source.map_or_else(|| WindowSpec::for_modality(modality, None, None), |s| s.window()),
         rate_hz,
     }))
@@ -1295,6 +1374,98 @@ fn label_cmd(args: &LabelArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&docs)?);
     }
     Ok(EXIT_OK)
+}
+
+fn calibrate_cmd(args: &CalibrateArgs) -> anyhow::Result<u8> {
+    use crate::zeroshot::Bench;
+    use crate::zeroshot::calibrate::{self, Series};
+    use std::collections::BTreeMap;
+    if !(args.false_alarms_per_hour.is_finite() && args.false_alarms_per_hour >= 0.0) {
+        bail!(
+            "--false-alarms-per-hour must be 0 or more, got {}",
+            args.false_alarms_per_hour
+        );
+    }
+    let largs = args.as_label_args();
+    let mut cx = match bench_context(&largs.model, args.modality, (0.5, crate::labels::ScoreMode::Softmax))? {
+        Ok(cx) => cx,
+        Err(code) => return Ok(code),
+    };
+    let (spec, rate_hz) = window_overrides(&cx, &largs)?;
+    label_prompts(&largs, &mut cx)?;
+    let bench = Bench::new(args.modality, &cx.setup, &cx.prompts, &[])?;
+    let labels: Vec<crate::labels::PromptConfig> = bench.prompts().iter().map(|p| p.config.clone()).collect();
+    if labels.is_empty() {
+        bail!(
+            "no label applies to {} windows of source {:?}: give --prompt TEXT or a --config with [[prompts]]",
+            args.modality,
+            cx.setup.source
+        );
+    }
+    let mut series: BTreeMap<String, Vec<Series>> = BTreeMap::new();
+    let mut secs = 0.0;
+    for input in &args.inputs {
+        let windows = bench.label_windows(input, spec, rate_hz)?;
+        secs += windows.iter().map(|w| w.t1_secs).fold(0.0, f64::max);
+        for p in &labels {
+            let s: Series = windows
+                .iter()
+                .filter_map(|w| w.scores.iter().find(|x| x.label == p.id).map(|x| (w.t1_secs, x.score)))
+                .collect();
+            series.entry(p.id.clone()).or_default().push(s);
+        }
+    }
+    let hours = secs / 3600.0;
+    let allowed = calibrate::allowed_events(args.false_alarms_per_hour, hours);
+    let results: Vec<_> = labels
+        .iter()
+        .map(|p| {
+            let c = calibrate::calibrate(p, &cx.events, series.get(&p.id).map_or(&[][..], |v| v), allowed);
+            let calibrated = calibrate::with_threshold(p, c.threshold);
+            (c, calibrated)
+        })
+        .collect();
+    let text = if args.json {
+        // A struct rather than `json!`, which would widen the f32 thresholds (0.0010000000474974513).
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            recordings: usize,
+            hours: f64,
+            false_alarms_per_hour: f64,
+            allowed_events: usize,
+            prompts: Vec<&'a calibrate::Calibrated>,
+            upsert: Vec<&'a crate::labels::PromptConfig>,
+        }
+        serde_json::to_string_pretty(&Report {
+            recordings: args.inputs.len(),
+            hours,
+            false_alarms_per_hour: args.false_alarms_per_hour,
+            allowed_events: allowed,
+            prompts: results.iter().map(|r| &r.0).collect(),
+            upsert: results.iter().map(|r| &r.1).collect(),
+        })?
+    } else {
+        calibrate::snippet(
+            &results,
+            (args.inputs.len(), hours),
+            (args.false_alarms_per_hour, allowed),
+        )?
+    };
+    println!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, format!("{text}\n")).with_context(|| format!("writing {}", out.display()))?;
+    }
+    let unreached: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.0.reachable)
+        .map(|r| r.0.id.as_str())
+        .collect();
+    if unreached.is_empty() {
+        Ok(EXIT_OK)
+    } else {
+        tracing::error!(labels = ?unreached, "No threshold reaches the target for these labels: even the highest starts too many events on the recordings.");
+        Ok(EXIT_FAILURE)
+    }
 }
 
 /// The timeline of `input`: `png` itself for a single input, else `png`'s stem, `-`, the input's stem, `.png`.

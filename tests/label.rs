@@ -339,3 +339,112 @@ role = "background"
         }
     }
 }
+
+#[test]
+fn calibrate_on_a_quiet_recording_gives_thresholds_that_start_no_event_on_it() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // Events start on any window at or above a low threshold: the piano recording, quiet for these labels,
+    // starts events at the configured thresholds, and the calibrated ones must start none.
+    let config = |prompts: &str, state: &str| {
+        format!(
+            r#"
+[device]
+id = "cal"
+
+[runtime]
+state_dir = {state}
+
+[models]
+dir = {models}
+
+[labels]
+default_background = true
+
+[events]
+aggregate_windows = 1
+onset_k = 1
+onset_n = 1
+hold_secs = 0.0
+
+[mqtt]
+url = "{url}"
+qos = 1
+
+[[sources]]
+type = "replay"
+name = "mic"
+modality = "audio"
+paths = [{audio}]
+loop = false
+window_secs = 1.0
+hop_secs = 0.25
+{prompts}"#,
+            state = toml_str(&tmp.path().join(state)),
+            models = toml_str(&root().join("models/imagebind-tiny")),
+            url = broker.url(),
+            audio = media("ambi_piano.flac"),
+        )
+    };
+    let original = r#"
+[[prompts]]
+id = "dog"
+text = "a dog barking"
+threshold = 0.0001
+
+[[prompts]]
+id = "glass"
+text = "glass breaking"
+mode = "cosine"
+threshold = -0.5
+"#;
+    // The daemon's events on the recording with a configuration's prompts.
+    let events_with = |name: &str, prompts: &str| -> usize {
+        let sub = Subscriber::start(broker.port, "sensebind/cal/events/#");
+        let mut daemon = Daemon::start(tmp.path(), name, &config(prompts, name), &[]);
+        let status = daemon
+            .wait(Duration::from_secs(60))
+            .expect("the daemon stops after the replay");
+        assert!(status.success(), "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(300));
+        sub.snapshot().iter().filter(|m| m.json()["type"] == "start").count()
+    };
+    assert!(events_with("before", original) > 0, "the low thresholds start events");
+    let config_path = tmp.path().join("before.toml");
+    let audio = media_path("ambi_piano.flac");
+    let doc = json(&[
+        "calibrate",
+        "--config",
+        s(&config_path),
+        "-m",
+        "audio",
+        "--json",
+        s(&audio),
+    ]);
+    assert_eq!(doc["allowed_events"], 0, "{doc}");
+    let outcomes = doc["prompts"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{doc}");
+    for o in outcomes {
+        assert!(o["events_before"].as_u64().unwrap() > 0, "{o}");
+        assert_eq!(o["events_after"], 0, "{o}");
+        assert!(
+            o["threshold"].as_f64().unwrap() > o["max_score"].as_f64().unwrap(),
+            "{o}"
+        );
+    }
+    // The snippet itself (TOML) replaces the prompts: the same recording through the daemon starts no event.
+    let snippet_path = tmp.path().join("calibrated.toml");
+    sensebind(&[
+        "calibrate",
+        "--config",
+        s(&config_path),
+        "-m",
+        "audio",
+        "--out",
+        s(&snippet_path),
+        s(&audio),
+    ]);
+    let snippet = std::fs::read_to_string(&snippet_path).unwrap();
+    assert!(snippet.contains("mode = \"cosine\""), "{snippet}");
+    assert_eq!(events_with("after", &snippet), 0, "calibrated:\n{snippet}");
+}

@@ -9,8 +9,10 @@
 //! - [`report`]: `label`'s table and JSON.
 //! - [`timeline`]: `label --timeline`, per-window scores over time as a PNG.
 //! - [`eval`]: zero-shot accuracy on a labelled folder or CSV.
+//! - [`calibrate`]: thresholds for a target false-alarm rate from recordings without events.
 //! - [`font`]: text for plotters without system fonts.
 
+pub mod calibrate;
 pub mod eval;
 pub mod font;
 pub mod report;
