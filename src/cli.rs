@@ -1178,6 +1178,7 @@ fn bench_context(
                 exemplar_mode: mode,
                 background: LabelsConfig::default().background(&[modality].into()),
                 labels: LabelsConfig::default(),
+                config_dir: std::env::current_dir().unwrap_or_default(),
             },
             prompts: Vec::new(),
             events: crate::events::EventsConfig::default(),
@@ -1229,6 +1230,7 @@ fn bench_context(
             // As the daemon: the shipped sets of every source modality (runtime::plan).
             background: c.labels.background(&c.sources.iter().map(|s| s.modality()).collect()),
             labels: c.labels.clone(),
+            config_dir: loaded.base.clone(),
         },
         prompts: c.prompts.clone(),
         events: c.events.clone(),

@@ -229,6 +229,7 @@ dir = {models}
 [labels]
 default_background = true
 zscore_warmup_windows = 3
+templates = true
 
 [mqtt]
 url = "{url}"
@@ -447,4 +448,97 @@ threshold = -0.5
     let snippet = std::fs::read_to_string(&snippet_path).unwrap();
     assert!(snippet.contains("mode = \"cosine\""), "{snippet}");
     assert_eq!(events_with("after", &snippet), 0, "calibrated:\n{snippet}");
+}
+
+#[test]
+fn config_exemplars_define_labels_and_templates_change_the_text_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (piano, drums) = (media_path("ambi_piano.flac"), media_path("loop_amen.flac"));
+    let write = |name: &str, labels: &str, prompts: &str| {
+        let path = tmp.path().join(name);
+        let text = format!(
+            r#"
+[device]
+id = "t"
+[runtime]
+state_dir = {state}
+[models]
+dir = {models}
+[labels]
+default_background = false
+{labels}
+[mqtt]
+enabled = false
+[[sources]]
+type = "replay"
+name = "mic"
+modality = "audio"
+paths = [{audio}]
+{prompts}"#,
+            state = toml_str(&tmp.path().join("state")),
+            models = toml_str(&root().join("models/imagebind-tiny")),
+            audio = media("ambi_piano.flac"),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let scores = |config: &Path| -> Vec<BTreeMap<String, f64>> {
+        json(&[
+            "label",
+            "--config",
+            s(config),
+            "-m",
+            "audio",
+            "--json",
+            s(&piano),
+            s(&drums),
+        ])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            f["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| (x["label"].as_str().unwrap().to_owned(), x["cos"].as_f64().unwrap()))
+                .collect()
+        })
+        .collect()
+    };
+    // Each recording defined by an exemplar of itself ranks first on it.
+    let exemplars = write(
+        "exemplars.toml",
+        "",
+        &format!(
+            "[[prompts]]\nid = \"piano\"\nexemplars = [{}]\n[[prompts]]\nid = \"drums\"\nexemplars = [{}]\n",
+            toml_str(&piano),
+            toml_str(&drums)
+        ),
+    );
+    let by_file = scores(&exemplars);
+    assert!(by_file[0]["piano"] > by_file[0]["drums"], "{by_file:?}");
+    assert!(by_file[1]["drums"] > by_file[1]["piano"], "{by_file:?}");
+    assert!(
+        (by_file[0]["piano"] - 1.0).abs() < 0.05,
+        "a file against itself: {by_file:?}"
+    );
+
+    // Templates: the identity template embeds exactly the texts; the shipped audio templates change them.
+    let prompts = "[[prompts]]\nid = \"piano\"\ntext = \"a piano\"\n[[prompts]]\nid = \"drums\"\ntext = \"drums\"\n";
+    let plain = scores(&write("plain.toml", "", prompts));
+    let identity = scores(&write("identity.toml", "templates = { audio = [\"{}\"] }", prompts));
+    let shipped = scores(&write("shipped.toml", "templates = true", prompts));
+    // (The same up to float rounding: the one filled text goes through one more normalisation.)
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+    let same = |a: &[BTreeMap<String, f64>], b: &[BTreeMap<String, f64>]| {
+        a.iter().zip(b).all(|(x, y)| x.iter().all(|(k, v)| close(*v, y[k])))
+    };
+    assert!(same(&plain, &identity), "{plain:?} vs {identity:?}");
+    assert!(!same(&plain, &shipped), "{plain:?} vs {shipped:?}");
+    // A prompt may opt out.
+    let opted_out = prompts.replace("text = \"a piano\"", "text = \"a piano\"\ntemplates = false");
+    let mixed = scores(&write("mixed.toml", "templates = true", &opted_out));
+    assert!(close(mixed[0]["piano"], plain[0]["piano"]), "{mixed:?}");
+    assert!(close(mixed[0]["drums"], shipped[0]["drums"]), "{mixed:?}");
 }

@@ -156,3 +156,155 @@ threshold = 3.0
     // Counted on from the saved statistics, not from 0.
     assert!(saved["zscores"]["imu0/walking"]["n"].as_u64().unwrap() > n + 1);
 }
+
+/// The labels of the last labels message that carries every label in `ids`.
+fn last_with(msgs: &[Received], device: &str, ids: &[&str]) -> Option<serde_json::Value> {
+    labels_of(msgs, device).into_iter().rev().find(|l| {
+        let labels = l["labels"].as_array().unwrap();
+        ids.iter().all(|id| labels.iter().any(|x| x["label"] == *id))
+    })
+}
+
+#[test]
+fn exemplars_from_the_configuration_and_from_prompts_set_define_labels() {
+    use base64::Engine;
+    let broker = Mosquitto::start();
+    let dev = "ex";
+    let sub = Subscriber::start(broker.port, &format!("sensebind/{dev}/#"));
+    let tmp = tempfile::tempdir().unwrap();
+    let imu = common::root().join("tests/fixtures/media/xsens_walking_lowerLeg_120Hz.txt");
+    // An IMU recording as an exemplar (its extension does not tell the tower, so the modality is given), with
+    // `top_k` large enough for every label.
+    let prompts = format!(
+        r#"
+[[prompts]]
+id = "walking"
+text = "a person walking"
+
+[[prompts]]
+id = "still"
+text = "a phone lying still on a table"
+
+[[prompts]]
+id = "recorded-walk"
+exemplars = [{{ path = {path}, modality = "imu" }}]
+"#,
+        path = common::toml_str(&imu)
+    );
+    let text = imu_config(dev, &broker.url(), &tmp.path().join("state"), "", &prompts)
+        .replace("[runtime]", "[runtime]\ntop_k = 10")
+        + "\n[preprocess.imu]\nrate_hz = 120.0\n";
+    let mut d = Daemon::start(tmp.path(), dev, &text, &[]);
+    assert!(
+        sub.wait_for(Duration::from_secs(60), |m| last_with(m, dev, &["recorded-walk"])
+            .is_some()),
+        "no labels with the exemplar prompt:\n{}",
+        d.log()
+    );
+    let l = last_with(&sub.snapshot(), dev, &["recorded-walk"]).unwrap();
+    let cos = |l: &serde_json::Value, id: &str| {
+        l["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["label"] == id)
+            .unwrap()["cosine"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(cos(&l, "recorded-walk").is_finite(), "{l}");
+
+    // Over prompts/set: a one-line text file as a base64 exemplar embeds exactly like the same text as a prompt.
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let set = format!("sensebind/{dev}/prompts/set");
+    let update = serde_json::json!({"upsert": [{
+        "id": "walking-by-example",
+        "exemplars": [{"base64": b64(b"a person walking\n"), "name": "walking.txt", "modality": "text"}]
+    }]});
+    common::publish_once(broker.port, &set, update.to_string().as_bytes());
+    let responses = |m: &[Received]| -> Vec<serde_json::Value> {
+        m.iter()
+            .filter(|r| r.topic == format!("sensebind/{dev}/cmd/response"))
+            .map(Received::json)
+            .collect()
+    };
+    assert!(
+        sub.wait_for(Duration::from_secs(30), |m| responses(m).len() >= 1),
+        "no response:\n{}",
+        d.log()
+    );
+    let r = responses(&sub.snapshot()).pop().unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        sub.wait_for(Duration::from_secs(30), |m| last_with(
+            m,
+            dev,
+            &["walking-by-example", "walking"]
+        )
+        .is_some()),
+        "the exemplar label never scored:\n{}",
+        d.log()
+    );
+    let l = last_with(&sub.snapshot(), dev, &["walking-by-example", "walking"]).unwrap();
+    let (by_example, by_text) = (cos(&l, "walking-by-example"), cos(&l, "walking"));
+    assert!((by_example - by_text).abs() < 1e-4, "{by_example} vs {by_text}: {l}");
+    // The data was stored in the state directory; prompts/state names the file, not the data.
+    let state = sub
+        .snapshot()
+        .iter()
+        .rev()
+        .find(|m| m.topic == format!("sensebind/{dev}/prompts/state"))
+        .unwrap()
+        .json();
+    let stored = state["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "walking-by-example")
+        .unwrap()["exemplars"][0]
+        .clone();
+    assert!(stored.get("base64").is_none(), "{stored}");
+    let path = std::path::PathBuf::from(stored["path"].as_str().unwrap());
+    assert!(
+        path.starts_with(tmp.path().join("state/exemplars")),
+        "{}",
+        path.display()
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"a person walking\n");
+
+    // Refused with a clear error, and nothing else changes: an audio exemplar without an audio tower, data over
+    // the size limit, data that is not base64.
+    let cases: [(serde_json::Value, &str); 3] = [
+        (
+            serde_json::json!({"base64": b64(&std::fs::read(common::root().join("tests/fixtures/media/bell.oga")).unwrap()), "name": "bell.oga"}),
+            "audio tower",
+        ),
+        (
+            serde_json::json!({"base64": b64(&vec![0u8; 170 * 1024]), "name": "big.wav"}),
+            "limit",
+        ),
+        (
+            serde_json::json!({"base64": "not base64!", "name": "x.wav"}),
+            "does not decode",
+        ),
+    ];
+    for (n, (exemplar, expect)) in cases.into_iter().enumerate() {
+        let update = serde_json::json!({"upsert": [{"id": "bad", "exemplars": [exemplar]}]});
+        common::publish_once(broker.port, &set, update.to_string().as_bytes());
+        assert!(
+            sub.wait_for(Duration::from_secs(30), |m| responses(m).len() >= n + 2),
+            "no response to case {n}:\n{}",
+            d.log()
+        );
+        let r = responses(&sub.snapshot()).pop().unwrap();
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(r.to_string().contains(expect), "{expect:?} not in {r}");
+    }
+    let n = labels_of(&sub.snapshot(), dev).len();
+    assert!(
+        sub.wait_for(Duration::from_secs(10), |m| labels_of(m, dev).len() > n + 3),
+        "labelling goes on"
+    );
+    d.signal("-TERM");
+    assert!(d.wait(Duration::from_secs(15)).expect("exits").success());
+}

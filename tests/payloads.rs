@@ -208,12 +208,24 @@ fn info_config_state_and_prompts_state_match_their_schemas() {
     let errors = ["upsert[0].text: text 0 is empty".to_owned()];
     let rejected = payloads::config_state(input(PromptsOrigin::PromptsSet, Some("r-1")), Err(&errors), ts());
     check("config-state.schema.json", &rejected);
-    let config = PromptConfig::new("walking", "a person walking");
+    let config = PromptConfig {
+        exemplars: vec![
+            sensebind::labels::exemplar::ExemplarSpec::Path("clips/walk.csv".into()),
+            sensebind::labels::exemplar::ExemplarSpec::File(sensebind::labels::exemplar::ExemplarFile {
+                path: Some("/var/lib/sensebind/exemplars/ab12.txt".into()),
+                base64: None,
+                name: Some("walk.txt".into()),
+                modality: Some(sensebind::modality::Modality::Text),
+            }),
+        ],
+        ..PromptConfig::new("walking", "a person walking")
+    };
     let set = PromptSet::new(vec![Prompt {
         id: "walking".into(),
         texts: config.all_texts(),
         config,
         embedding: vec![0.6, 0.8],
+        by_modality: std::collections::BTreeMap::new(),
     }]);
     let disabled = BTreeSet::from(["walking".to_owned()]);
     let state = payloads::prompts_state(1, &set, &EventsConfig::default(), &disabled);

@@ -17,7 +17,7 @@ use super::Controller;
 use super::payloads::{self, CmdResult, PromptsOrigin};
 use super::reload::{RELOAD_QUEUE, ReloadOrigin, ReloadRequest};
 use crate::events::EndReason;
-use crate::labels::{PromptCache, PromptError, PromptSet, embed_with_background};
+use crate::labels::{PromptCache, PromptSet, embed_with_background};
 use crate::labels::{PromptConfig, check_prompt};
 use crate::modality::Modality;
 use crate::publish::mqtt::Incoming;
@@ -254,13 +254,33 @@ fn truncate(payload: &[u8]) -> String {
 }
 
 /// What the blocking pool hands back: the embedded prompts and the cache it used.
-pub(super) type Embedded = (Result<PromptSet, PromptError>, PromptCache);
+pub(super) type Embedded = (Result<(PromptSet, Vec<PromptConfig>), String>, PromptCache);
 
 /// A prompt update whose texts are being embedded.
 pub(super) struct PendingUpdate {
     handle: tokio::task::JoinHandle<Embedded>,
     update: PromptUpdate,
-    configs: Vec<PromptConfig>,
+}
+
+/// Stores the base64 exemplars of `configs` in `store` and puts their paths in their place (on the blocking pool;
+/// the data is at most the update's 256 KiB).
+fn store_inline_exemplars(
+    mut configs: Vec<PromptConfig>,
+    store: Option<&std::path::Path>,
+) -> Result<Vec<PromptConfig>, String> {
+    for c in &mut configs {
+        let inline = c
+            .exemplars
+            .iter()
+            .any(|e| matches!(e, crate::labels::exemplar::ExemplarSpec::File(f) if f.base64.is_some()));
+        if !inline {
+            continue;
+        }
+        let dir = store.ok_or_else(|| format!("prompt {:?}: base64 exemplars need a state directory", c.id))?;
+        c.exemplars =
+            crate::labels::exemplar::store_inline(&c.exemplars, dir).map_err(|e| format!("prompt {:?}: {e}", c.id))?;
+    }
+    Ok(configs)
 }
 
 /// Completes when the pending update's embedding is done; never while there is none.
@@ -455,23 +475,16 @@ impl Controller {
             return;
         };
         let mut cache = self.s.cache.take();
-        let (list, background) = (configs.clone(), self.s.background.clone());
+        let background = self.s.background.clone();
         let handle = runtime.spawn_blocking(move || {
-            let set = embed_with_background(
-                &list,
-                &background,
-                text.encoder.as_ref(),
-                &text.sha256,
-                &text.tokenizer,
-                &mut cache,
-            );
-            (set, cache)
+            let embedded = store_inline_exemplars(configs, text.exemplar_store.as_deref()).and_then(|list| {
+                embed_with_background(&list, &background, &text.embedder(), &mut cache)
+                    .map(|set| (set, list))
+                    .map_err(|e| e.to_string())
+            });
+            (embedded, cache)
         });
-        self.pending = Some(PendingUpdate {
-            handle,
-            update,
-            configs,
-        });
+        self.pending = Some(PendingUpdate { handle, update });
     }
 
     /// The pending update's embedding is back: applies it (or rejects it), then starts the next waiting update.
@@ -483,12 +496,12 @@ impl Controller {
                     tracing::warn!(error = %e, "Cannot save the prompt cache.");
                 }
                 self.s.cache = cache;
-                set.map_err(|e| e.to_string())
+                set
             }
             Err(e) => Err(format!("embedding the prompts failed: {e}")),
         };
         match set {
-            Ok(set) => self.apply_prompt_update(p.update, p.configs, set),
+            Ok((set, configs)) => self.apply_prompt_update(p.update, configs, set),
             Err(e) => self.reject_update(p.update, vec![e]),
         }
         while self.pending.is_none() {

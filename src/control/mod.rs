@@ -178,7 +178,7 @@ pub struct SensorInfo {
     pub enabled: Arc<AtomicBool>,
 }
 
-/// The prompt embedder: the text tower and its tokenizer.
+/// The prompt embedder: the text tower and its tokenizer, the templates, and the towers of exemplars.
 #[derive(Clone)]
 pub struct TextTower {
     /// The tower.
@@ -187,6 +187,41 @@ pub struct TextTower {
     pub sha256: String,
     /// CLIP BPE.
     pub tokenizer: Arc<Tokenizer>,
+    /// `[labels] templates`, by modality (empty: off).
+    pub templates: BTreeMap<Modality, Vec<String>>,
+    /// The sources' modalities (a prompt without `modalities` is embedded for each).
+    pub modalities: BTreeSet<Modality>,
+    /// The loaded towers that embed exemplars.
+    pub exemplars: Option<Arc<crate::labels::exemplar::ExemplarTowers>>,
+    /// Where base64 exemplars from `prompts/set` are stored (`{state_dir}/exemplars`); `None`: refused.
+    pub exemplar_store: Option<std::path::PathBuf>,
+}
+
+impl TextTower {
+    /// The text tower alone: no templates, no exemplars.
+    pub fn new(encoder: Arc<dyn Encoder>, sha256: String, tokenizer: Arc<Tokenizer>) -> Self {
+        Self {
+            encoder,
+            sha256,
+            tokenizer,
+            templates: BTreeMap::new(),
+            modalities: BTreeSet::new(),
+            exemplars: None,
+            exemplar_store: None,
+        }
+    }
+
+    /// What [`crate::labels::embed_prompts`] embeds with.
+    pub fn embedder(&self) -> crate::labels::Embedder<'_> {
+        crate::labels::Embedder {
+            text: self.encoder.as_ref(),
+            text_sha: &self.sha256,
+            tokenizer: &self.tokenizer,
+            templates: &self.templates,
+            modalities: &self.modalities,
+            exemplars: self.exemplars.as_deref(),
+        }
+    }
 }
 
 /// Everything the controller needs at start.
@@ -993,6 +1028,7 @@ mod tests {
             texts: prompt.all_texts(),
             config: prompt,
             embedding: vec![1.0, 0.0],
+            by_modality: BTreeMap::new(),
         }]);
         let c = Controller::new(ControllerSetup {
             device: "dev".into(),
@@ -1450,8 +1486,8 @@ mod tests {
 
     fn slow_text_tower(delay: Duration) -> TextTower {
         let bpe = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/imagebind-tiny/bpe_simple_vocab_16e6.txt.gz");
-        TextTower {
-            encoder: Arc::new(SlowTextEncoder {
+        TextTower::new(
+            Arc::new(SlowTextEncoder {
                 info: crate::encode::EncoderInfo {
                     modality: Modality::Text,
                     model_id: "slow@0".into(),
@@ -1463,9 +1499,9 @@ mod tests {
                 },
                 delay,
             }),
-            sha256: "slow".into(),
-            tokenizer: Arc::new(Tokenizer::from_file(&bpe).unwrap()),
-        }
+            "slow".into(),
+            Arc::new(Tokenizer::from_file(&bpe).unwrap()),
+        )
     }
 
     /// Waits (real time) until `pred` holds for the messages popped so far; returns them.

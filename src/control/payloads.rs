@@ -594,6 +594,9 @@ pub struct PromptState {
     pub role: crate::labels::PromptRole,
     /// `softmax`, `cosine` or `zscore`.
     pub mode: crate::labels::ScoreMode,
+    /// The exemplars (base64 data as the path it was stored at); left out when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exemplars: Vec<crate::labels::exemplar::ExemplarSpec>,
 }
 
 /// `prompts-state/1`.
@@ -642,6 +645,7 @@ pub fn prompts_state(
                 embedding_sha: crate::util::hex(&Sha256::digest(&bytes))[..12].to_owned(),
                 role: p.config.role,
                 mode: p.config.mode,
+                exemplars: p.config.exemplars.clone(),
             }
         })
         .collect();

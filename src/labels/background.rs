@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::PromptConfig;
+use super::templates::TemplatesConfig;
 use crate::issues::Scope;
 use crate::modality::Modality;
 
@@ -30,6 +31,11 @@ pub struct LabelsConfig {
     /// once this many were seen).
     #[serde(default = "default_memory")]
     pub zscore_memory_windows: u64,
+    /// Prompt templates per modality (docs/prompts.md): `false` (default) scores the texts as written, `true`
+    /// the shipped sets ("the sound of {}." for audio windows, "a photo of {}." for vision, ...), or a table of
+    /// templates per modality, `{}` standing for the text.
+    #[serde(default, skip_serializing_if = "TemplatesConfig::is_off")]
+    pub templates: TemplatesConfig,
 }
 
 fn yes() -> bool {
@@ -50,6 +56,7 @@ impl Default for LabelsConfig {
             default_background: true,
             zscore_warmup_windows: default_warmup(),
             zscore_memory_windows: default_memory(),
+            templates: TemplatesConfig::default(),
         }
     }
 }
@@ -69,6 +76,7 @@ impl LabelsConfig {
                 format!("must be between 2 and 10000000, got {}", self.zscore_memory_windows),
             );
         }
+        self.templates.validate(issues);
     }
 
     /// The shipped background prompts for `modalities` (none when `default_background` is off).

@@ -9,12 +9,15 @@
 //! score is the softmax over the prompts that apply to the window's modality and source. The cosine similarity is
 //! reported beside it. A label is active when its score reaches its threshold.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::Serialize;
 
 pub mod background;
 pub mod cache;
 pub mod exemplar;
 pub mod prompt;
+pub mod templates;
 pub mod zscore;
 
 pub use cache::PromptCache;
@@ -34,8 +37,18 @@ pub struct Prompt {
     pub texts: Vec<String>,
     /// Where it applies.
     pub config: PromptConfig,
-    /// The text tower's embedding (mean over phrasings).
+    /// The prompt's embedding: the ensemble of its phrasings and exemplars.
     pub embedding: Vec<f32>,
+    /// With `[labels] templates`: the embedding for windows of a modality, its phrasings put into that
+    /// modality's templates. Modalities not here use `embedding`.
+    pub by_modality: BTreeMap<Modality, Vec<f32>>,
+}
+
+impl Prompt {
+    /// The embedding that windows of `modality` are scored against.
+    pub fn embedding_for(&self, modality: Modality) -> &[f32] {
+        self.by_modality.get(&modality).unwrap_or(&self.embedding)
+    }
 }
 
 /// One label's score for a window.
@@ -110,7 +123,13 @@ impl PromptSet {
         let wn = norm(embedding);
         let logits: Vec<f32> = applicable
             .iter()
-            .map(|p| p.embedding.iter().zip(embedding).map(|(a, b)| a * b).sum())
+            .map(|p| {
+                p.embedding_for(modality)
+                    .iter()
+                    .zip(embedding)
+                    .map(|(a, b)| a * b)
+                    .sum()
+            })
             .collect();
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
@@ -120,7 +139,7 @@ impl PromptSet {
             .zip(logits.iter().zip(&exps))
             .filter(|(p, _)| p.config.role.is_label())
             .map(|(p, (&logit, &e))| {
-                let denom = wn * norm(&p.embedding);
+                let denom = wn * norm(p.embedding_for(modality));
                 let cosine = if denom > 0.0 { logit / denom } else { 0.0 };
                 let mode = p.config.mode;
                 let score = match mode {
@@ -155,47 +174,141 @@ pub enum PromptError {
         #[source]
         source: EncodeError,
     },
+    /// An exemplar could not be embedded (the message names the file).
+    #[error("prompt {id:?}: exemplar {index}: {reason}")]
+    Exemplar {
+        /// The prompt.
+        id: String,
+        /// Its position in `exemplars`.
+        index: usize,
+        /// What failed.
+        reason: String,
+    },
 }
 
-/// Embeds the configured prompts with the text tower, using and filling the cache.
+/// What prompts are embedded with: the text tower, the templates, and the towers of exemplars.
+#[derive(Clone, Copy)]
+pub struct Embedder<'a> {
+    /// The text tower.
+    pub text: &'a dyn Encoder,
+    /// Its sha256 (the cache key).
+    pub text_sha: &'a str,
+    /// CLIP BPE.
+    pub tokenizer: &'a Tokenizer,
+    /// Templates per modality (`[labels] templates`; empty: none).
+    pub templates: &'a BTreeMap<Modality, Vec<String>>,
+    /// The modalities of the windows scored (a prompt without `modalities` gets an embedding for each).
+    pub modalities: &'a BTreeSet<Modality>,
+    /// The towers of exemplars (`None`: a prompt with exemplars is an error).
+    pub exemplars: Option<&'a exemplar::ExemplarTowers>,
+}
+
+impl<'a> Embedder<'a> {
+    /// Just the text tower: no templates, no exemplars.
+    pub fn text_only(text: &'a dyn Encoder, text_sha: &'a str, tokenizer: &'a Tokenizer) -> Self {
+        static NO_TEMPLATES: BTreeMap<Modality, Vec<String>> = BTreeMap::new();
+        static NO_MODALITIES: BTreeSet<Modality> = BTreeSet::new();
+        Self {
+            text,
+            text_sha,
+            tokenizer,
+            templates: &NO_TEMPLATES,
+            modalities: &NO_MODALITIES,
+            exemplars: None,
+        }
+    }
+
+    /// One text's embedding, from the cache or the tower.
+    fn text_embedding(&self, id: &str, text: &str, cache: &mut PromptCache) -> Result<Vec<f32>, PromptError> {
+        let dim = self.text.info().output_dim;
+        let key = PromptCache::key(self.text_sha, text);
+        if let Some(e) = cache.get(&key).filter(|e| e.len() == dim) {
+            return Ok(e);
+        }
+        let e = embed_text(self.text, self.tokenizer, text).map_err(|source| PromptError::Encode {
+            id: id.to_owned(),
+            source,
+        })?;
+        cache.insert(key, e.clone());
+        Ok(e)
+    }
+
+    /// One prompt: each text (through `templates`, ensembled) and each exemplar is one part of the ensemble.
+    fn parts(
+        &self,
+        pc: &PromptConfig,
+        templates: &[String],
+        exemplars: &[Vec<f32>],
+        cache: &mut PromptCache,
+    ) -> Result<Vec<f32>, PromptError> {
+        let dim = self.text.info().output_dim;
+        let mut parts = Vec::new();
+        for text in pc.all_texts() {
+            if templates.is_empty() {
+                parts.push(self.text_embedding(&pc.id, &text, cache)?);
+                continue;
+            }
+            let filled = templates
+                .iter()
+                .map(|t| self.text_embedding(&pc.id, &templates::fill(t, &text), cache))
+                .collect::<Result<Vec<_>, _>>()?;
+            parts.push(ensemble(&filled, dim));
+        }
+        parts.extend(exemplars.iter().cloned());
+        Ok(ensemble(&parts, dim))
+    }
+}
+
+/// Embeds the configured prompts, using and filling the cache.
 ///
 /// A prompt with several phrasings is an ensemble, done as CLIP's prompt ensembling: each phrasing's embedding is
 /// normalised, the unit vectors are averaged and the mean is normalised again, then scaled back to the text
 /// tower's output norm (its logit scale). A plain average of the scaled embeddings would be shorter than any of
 /// them, so an ensemble would score systematically lower than a one-text prompt; this way two identical texts
-/// give exactly the one-text embedding.
+/// give exactly the one-text embedding. Each exemplar (a media file embedded by its own tower, on the text scale)
+/// is one more part of the ensemble. With templates, each text is first ensembled over the templates of the
+/// window's modality ("the sound of {}"), one embedding per modality the prompt applies to.
 pub fn embed_prompts(
     configs: &[PromptConfig],
-    text_encoder: &dyn Encoder,
-    text_model_sha: &str,
-    tokenizer: &Tokenizer,
+    embedder: &Embedder<'_>,
     cache: &mut PromptCache,
 ) -> Result<PromptSet, PromptError> {
-    let dim = text_encoder.info().output_dim;
     let mut prompts = Vec::with_capacity(configs.len());
     for pc in configs {
-        let texts = pc.all_texts();
-        let mut embeddings = Vec::with_capacity(texts.len());
-        for text in &texts {
-            let key = PromptCache::key(text_model_sha, text);
-            let emb = match cache.get(&key) {
-                Some(e) if e.len() == dim => e,
-                _ => {
-                    let e = embed_text(text_encoder, tokenizer, text).map_err(|source| PromptError::Encode {
-                        id: pc.id.clone(),
-                        source,
-                    })?;
-                    cache.insert(key, e.clone());
-                    e
+        let mut exemplars = Vec::with_capacity(pc.exemplars.len());
+        for (index, spec) in pc.exemplars.iter().enumerate() {
+            let towers = embedder.exemplars.ok_or_else(|| PromptError::Exemplar {
+                id: pc.id.clone(),
+                index,
+                reason: "exemplars cannot be embedded here".into(),
+            })?;
+            exemplars.push(towers.embed(spec, cache).map_err(|reason| PromptError::Exemplar {
+                id: pc.id.clone(),
+                index,
+                reason,
+            })?);
+        }
+        let embedding = embedder.parts(pc, &[], &exemplars, cache)?;
+        let mut by_modality = BTreeMap::new();
+        let targets = if pc.modalities.is_empty() {
+            embedder.modalities.iter().copied().collect()
+        } else {
+            pc.modalities.clone()
+        };
+        for m in targets {
+            match embedder.templates.get(&m) {
+                Some(t) if pc.templates && !t.is_empty() && !pc.all_texts().is_empty() => {
+                    by_modality.insert(m, embedder.parts(pc, t, &exemplars, cache)?);
                 }
-            };
-            embeddings.push(emb);
+                _ => {}
+            }
         }
         prompts.push(Prompt {
             id: pc.id.clone(),
-            texts,
+            texts: pc.all_texts(),
             config: pc.clone(),
-            embedding: ensemble(&embeddings, dim),
+            embedding,
+            by_modality,
         });
     }
     Ok(PromptSet::new(prompts))
@@ -205,13 +318,11 @@ pub fn embed_prompts(
 pub fn embed_with_background(
     configs: &[PromptConfig],
     background: &[PromptConfig],
-    text_encoder: &dyn Encoder,
-    text_model_sha: &str,
-    tokenizer: &Tokenizer,
+    embedder: &Embedder<'_>,
     cache: &mut PromptCache,
 ) -> Result<PromptSet, PromptError> {
-    let set = embed_prompts(configs, text_encoder, text_model_sha, tokenizer, cache)?;
-    let shipped = embed_prompts(background, text_encoder, text_model_sha, tokenizer, cache)?;
+    let set = embed_prompts(configs, embedder, cache)?;
+    let shipped = embed_prompts(background, embedder, cache)?;
     Ok(set.with_background(shipped.prompts))
 }
 
@@ -266,6 +377,7 @@ mod tests {
             texts: vec![id.into()],
             config,
             embedding: emb,
+            by_modality: BTreeMap::new(),
         }
     }
 

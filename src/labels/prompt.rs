@@ -71,6 +71,23 @@ pub struct PromptConfig {
     /// state directory; no event before `labels.zscore_warmup_windows` windows). `threshold` is on that scale.
     #[serde(default, skip_serializing_if = "ScoreMode::is_softmax")]
     pub mode: ScoreMode,
+    /// Media files that define the label besides (or instead of) its texts: each is embedded once by its own
+    /// modality's tower (cached by content hash) and is one more part of the ensemble. A path (relative to the
+    /// configuration file), `{ path, modality }`, or over `prompts/set` `{ base64, name }` (docs/prompts.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exemplars: Vec<super::exemplar::ExemplarSpec>,
+    /// Put the texts into `[labels] templates` (default true; no effect while templates are off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub templates: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// What a prompt is for.
@@ -154,6 +171,8 @@ impl PromptConfig {
             device_class: None,
             role: PromptRole::Label,
             mode: ScoreMode::Softmax,
+            exemplars: Vec::new(),
+            templates: true,
         }
     }
 
@@ -258,7 +277,15 @@ pub fn check_prompt(
             "ids starting with _background- are reserved for the shipped background prompts",
         );
     }
-    check_texts(&pr.all_texts(), issues);
+    check_texts(&pr.all_texts(), !pr.exemplars.is_empty(), issues);
+    if pr.exemplars.len() > 16 {
+        issues.push("exemplars", format!("{} exemplars; at most 16", pr.exemplars.len()));
+    }
+    for (j, e) in pr.exemplars.iter().enumerate() {
+        if let Err(why) = e.check() {
+            issues.push(&format!("exemplars[{j}]"), why);
+        }
+    }
     let range = pr.mode.threshold_range();
     let (lo, hi, mode) = (range.start(), range.end(), pr.mode.as_str());
     if !range.contains(&pr.threshold) {
@@ -315,9 +342,9 @@ pub fn check_prompt(
     }
 }
 
-fn check_texts(texts: &[String], issues: &mut Scope<'_>) {
-    if texts.is_empty() {
-        issues.push("text", "needs text or texts");
+fn check_texts(texts: &[String], has_exemplars: bool, issues: &mut Scope<'_>) {
+    if texts.is_empty() && !has_exemplars {
+        issues.push("text", "needs text, texts or exemplars");
     }
     if texts.len() > 16 {
         issues.push("texts", format!("{} phrasings; at most 16", texts.len()));

@@ -30,6 +30,8 @@ pub struct Plan {
     pub modalities: BTreeSet<Modality>,
     /// Whether the text tower and the tokenizer are needed (prompts or text sources).
     pub need_text: bool,
+    /// Towers loaded only to embed the prompts' exemplars (modalities no source has).
+    pub exemplar_towers: BTreeSet<Modality>,
     /// The broker, login and TLS, resolved (`None` with `mqtt.enabled = false`).
     pub mqtt: Option<MqttSettings>,
     /// The topic tree.
@@ -59,6 +61,10 @@ impl Plan {
         let (prompts, prompts_origin) = chosen_prompts(loaded, &state, &config_prompts_hash);
         let modalities: BTreeSet<Modality> = cfg.sources.iter().map(|s| s.modality()).collect();
         let need_text = !prompts.is_empty() || modalities.contains(&Modality::Text);
+        let exemplar_towers = exemplar_modalities(loaded, &prompts)
+            .into_iter()
+            .filter(|m| !modalities.contains(m))
+            .collect();
         let mqtt = if cfg.mqtt.enabled {
             Some(mqtt_settings(loaded)?)
         } else {
@@ -73,6 +79,7 @@ impl Plan {
             prompts_origin,
             modalities,
             need_text,
+            exemplar_towers,
             mqtt,
             topics: Topics::new(&cfg.mqtt.prefix, &cfg.device.id),
             background,
@@ -82,6 +89,7 @@ impl Plan {
     /// The towers to load: one per source modality, and the text tower when needed.
     pub fn towers(&self) -> BTreeSet<Modality> {
         let mut towers = self.modalities.clone();
+        towers.extend(&self.exemplar_towers);
         if self.need_text {
             towers.insert(Modality::Text);
         }
@@ -167,4 +175,23 @@ fn chosen_prompts(loaded: &LoadedConfig, state: &StateFile, config_hash: &str) -
         tracing::warn!(problems = ?problems, "The prompts saved from MQTT updates no longer fit the configuration; using the file's.");
         (cfg.prompts.clone(), "config")
     }
+}
+
+/// The modalities of the prompts' exemplars (as given, else from each file's first bytes; a file that cannot be
+/// read is left out here and named when the prompts are embedded).
+fn exemplar_modalities(loaded: &LoadedConfig, prompts: &[PromptConfig]) -> BTreeSet<Modality> {
+    use std::io::Read;
+    prompts
+        .iter()
+        .flat_map(|p| &p.exemplars)
+        .filter_map(|e| {
+            if let Some(m) = e.modality() {
+                return Some(m);
+            }
+            let path = loaded.resolve(std::path::Path::new(e.path()?));
+            let mut head = Vec::with_capacity(64);
+            std::fs::File::open(&path).ok()?.take(64).read_to_end(&mut head).ok()?;
+            crate::labels::exemplar::modality_of(&head, &path).ok()
+        })
+        .collect()
 }

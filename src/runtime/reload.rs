@@ -8,9 +8,9 @@
 //! - `[[sources]]`: a source added is started, one removed is stopped, one whose settings changed is stopped and
 //!   started anew; the others keep running without a gap (their window sequence numbers continue);
 //!   `[preprocess]`, `runtime.ring_secs` and `runtime.ring_max_bytes` restart every source;
-//! - everything else (`[device]`, `[models]`, the MQTT connection, `runtime.state_dir`, `[metrics]`, …), and a
-//!   source of a modality whose tower is not loaded, takes effect at the next start: `config/state.pending_restart`
-//!   names it.
+//! - everything else (`[device]`, `[models]`, the MQTT connection, `runtime.state_dir`, `[metrics]`,
+//!   `labels.templates`, …), and a source of a modality whose tower is not loaded, takes effect at the next start:
+//!   `config/state.pending_restart` names it.
 //!
 //! An invalid file changes nothing: the last good configuration keeps running, and the log, `config/state`
 //! (`status: rejected`) and the `cmd/response` give every error with its key path.
@@ -26,7 +26,7 @@ use crate::control::{Applied, Reload, ReloadRequest, prompts_hash};
 
 /// `mqtt` keys applied live; the others are the connection.
 const LIVE_MQTT: &[&str] = &["labels", "embeddings", "homeassistant"];
-/// `labels` keys applied live (the shipped background prompts are embedded at start).
+/// `labels` keys applied live (the shipped background prompts and the templates are embedded at start).
 const LIVE_LABELS: &[&str] = &["zscore_warmup_windows", "zscore_memory_windows"];
 /// `runtime` keys applied live.
 const LIVE_RUNTIME: &[&str] = &["top_k"];
@@ -122,6 +122,7 @@ fn effective(current: &LoadedConfig, new: LoadedConfig, kept_sources: &[String])
         (cfg.runtime.top_k, cfg.runtime.ring_secs, cfg.runtime.ring_max_bytes);
     cfg.runtime = runtime;
     cfg.labels.default_background = old.labels.default_background;
+    cfg.labels.templates = old.labels.templates.clone();
     cfg.metrics = old.metrics.clone();
     // A source that could not be started keeps its old settings (or stays absent).
     for name in kept_sources {

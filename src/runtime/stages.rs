@@ -18,6 +18,7 @@ use crate::config::LoadedConfig;
 use crate::control::payloads::ModelInfo;
 use crate::control::{ControlStats, SensorInfo, TextTower};
 use crate::encode::{Encoder, ModelDir, ModelSource, engine};
+use crate::labels::exemplar::ExemplarTowers;
 use crate::labels::{PromptCache, PromptConfig, PromptSet, embed_with_background};
 use crate::modality::Modality;
 use crate::preprocess::text::Tokenizer;
@@ -106,11 +107,33 @@ fn load_encoders_blocking(
         by_modality.insert(m, enc);
     }
     let text = match (by_modality.get(&Modality::Text), &tokenizer) {
-        (Some(text), Some(tok)) => Some(TextTower {
-            encoder: Arc::clone(text),
-            sha256: model_dir.tower(Modality::Text)?.sha256.clone(),
-            tokenizer: Arc::clone(tok),
-        }),
+        (Some(text), Some(tok)) => {
+            let cfg = &loaded.config;
+            let mut exemplar_towers = BTreeMap::new();
+            for (&m, enc) in &by_modality {
+                exemplar_towers.insert(m, (Arc::clone(enc), model_dir.tower(m)?.sha256.clone()));
+            }
+            let exemplars = ExemplarTowers {
+                towers: exemplar_towers,
+                preprocess: cfg.preprocess.clone(),
+                tokenizer: Some(Arc::clone(tok)),
+                base_dir: loaded.base.clone(),
+                text_scale: model_dir.tower(Modality::Text)?.scale,
+                max_batch: cfg.models.max_batch.max(1),
+            };
+            let state_dir = loaded.resolve(&cfg.runtime.state_dir);
+            Some(TextTower {
+                templates: cfg.labels.templates.resolve(),
+                modalities: cfg.sources.iter().map(|s| s.modality()).collect(),
+                exemplars: Some(Arc::new(exemplars)),
+                exemplar_store: Some(state_dir.join("exemplars")),
+                ..TextTower::new(
+                    Arc::clone(text),
+                    model_dir.tower(Modality::Text)?.sha256.clone(),
+                    Arc::clone(tok),
+                )
+            })
+        }
         _ => None,
     };
     Ok(Encoders {
@@ -133,14 +156,7 @@ pub async fn embed_start_prompts(
         return Ok((PromptSet::default(), cache));
     };
     tokio::task::spawn_blocking(move || {
-        let set = embed_with_background(
-            &prompts,
-            &background,
-            t.encoder.as_ref(),
-            &t.sha256,
-            &t.tokenizer,
-            &mut cache,
-        )?;
+        let set = embed_with_background(&prompts, &background, &t.embedder(), &mut cache)?;
         if let Err(e) = cache.save() {
             tracing::warn!(error = %e, "Cannot save the prompt cache.");
         }

@@ -29,7 +29,7 @@ use crate::labels::background::LabelsConfig;
 use crate::labels::exemplar::{self, embed_file};
 use crate::labels::zscore::{ZScores, standardise_scores};
 use crate::labels::{
-    LabelScore, Prompt, PromptCache, PromptConfig, PromptSet, ScoreMode, embed_with_background, ensemble,
+    Embedder, LabelScore, Prompt, PromptCache, PromptConfig, PromptSet, ScoreMode, embed_with_background, ensemble,
 };
 use crate::modality::Modality;
 use crate::preprocess::PreprocessConfig;
@@ -58,8 +58,10 @@ pub struct Setup {
     pub exemplar_mode: ScoreMode,
     /// The shipped background prompts the daemon adds (`[labels] default_background`).
     pub background: Vec<PromptConfig>,
-    /// `[labels]`: the `zscore` warm-up and memory.
+    /// `[labels]`: the `zscore` warm-up and memory, the templates.
     pub labels: LabelsConfig,
+    /// The configuration's folder: the prompts' relative exemplar paths start there.
+    pub config_dir: PathBuf,
 }
 
 /// A prompt defined by a media file: `label` names the prompt it joins (or makes), else the file's stem.
@@ -157,7 +159,16 @@ impl Bench {
                     .with_context(|| format!("loading the text tower from {}", setup.model_dir.display()))?
             };
             let sha = &dir.tower(Modality::Text)?.sha256;
-            let embedded = embed_with_background(prompts, background, text.as_ref(), sha, tok, &mut cache)?;
+            let exemplar_towers = exemplar_towers(&dir, setup, (modality, &encoder), tokenizer.as_ref(), prompts)?;
+            let templates = setup.labels.templates.resolve();
+            let modalities = [modality].into();
+            let embedder = Embedder {
+                templates: &templates,
+                modalities: &modalities,
+                exemplars: Some(&exemplar_towers),
+                ..Embedder::text_only(text.as_ref(), sha, tok)
+            };
+            let embedded = embed_with_background(prompts, background, &embedder, &mut cache)?;
             for p in embedded.prompts() {
                 let texts = p
                     .texts
@@ -347,6 +358,52 @@ impl Bench {
     }
 }
 
+/// The towers that embed the configuration's exemplars: the bench's own, and any other the exemplars need (loaded
+/// here, as the daemon loads them).
+fn exemplar_towers(
+    dir: &ModelDir,
+    setup: &Setup,
+    (modality, encoder): (Modality, &Arc<dyn Encoder>),
+    tokenizer: Option<&Arc<Tokenizer>>,
+    prompts: &[PromptConfig],
+) -> anyhow::Result<exemplar::ExemplarTowers> {
+    use std::io::Read;
+    let mut towers = std::collections::BTreeMap::new();
+    towers.insert(modality, (Arc::clone(encoder), dir.tower(modality)?.sha256.clone()));
+    for spec in prompts.iter().flat_map(|p| &p.exemplars) {
+        let m = match (spec.modality(), spec.path()) {
+            (Some(m), _) => m,
+            (None, Some(p)) => {
+                let path = setup.config_dir.join(p);
+                let mut head = Vec::with_capacity(64);
+                std::fs::File::open(&path)
+                    .and_then(|f| f.take(64).read_to_end(&mut head))
+                    .with_context(|| format!("exemplar {}", path.display()))?;
+                exemplar::modality_of(&head, &path).map_err(|e| anyhow!(e))?
+            }
+            (None, None) => continue,
+        };
+        if let std::collections::btree_map::Entry::Vacant(slot) = towers.entry(m) {
+            let engine = if m == Modality::Text {
+                &setup.text_engine
+            } else {
+                &setup.engine
+            };
+            let enc = engine::load(ModelSource::Dir(dir), m, engine)
+                .with_context(|| format!("loading the {m} tower for an exemplar"))?;
+            slot.insert((enc, dir.tower(m)?.sha256.clone()));
+        }
+    }
+    Ok(exemplar::ExemplarTowers {
+        towers,
+        preprocess: setup.preprocess.clone(),
+        tokenizer: tokenizer.cloned(),
+        base_dir: setup.config_dir.clone(),
+        text_scale: dir.tower(Modality::Text)?.scale,
+        max_batch: setup.max_batch.max(1),
+    })
+}
+
 /// A prompt being put together: its text embeddings (as `embed_prompts` made them) and its exemplars'.
 struct Building {
     prompt: Prompt,
@@ -362,6 +419,8 @@ impl Building {
         if !self.exemplars.is_empty() {
             let parts: Vec<Vec<f32>> = self.texts.into_iter().chain(self.exemplars).collect();
             prompt.embedding = ensemble(&parts, dim);
+            // `--exemplar` files join the prompt's untemplated texts.
+            prompt.by_modality.clear();
         }
         prompt
     }
@@ -396,6 +455,7 @@ fn add_exemplars(
                         texts: Vec::new(),
                         config,
                         embedding: Vec::new(),
+                        by_modality: std::collections::BTreeMap::new(),
                     },
                     texts: Vec::new(),
                     exemplars: vec![e],
@@ -432,6 +492,7 @@ mod tests {
             texts: vec!["a bell".into()],
             config: PromptConfig::new("bell", "a bell"),
             embedding: vec![10.0, 0.0],
+            by_modality: std::collections::BTreeMap::new(),
         };
         let mut set = vec![Building {
             prompt: text,
