@@ -229,7 +229,7 @@ exemplars = [{{ path = {path}, modality = "imu" }}]
             .collect()
     };
     assert!(
-        sub.wait_for(Duration::from_secs(30), |m| responses(m).len() >= 1),
+        sub.wait_for(Duration::from_secs(30), |m| !responses(m).is_empty()),
         "no response:\n{}",
         d.log()
     );
