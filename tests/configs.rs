@@ -390,3 +390,51 @@ text = "silence"
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("device.id"));
 }
+
+#[test]
+fn exemplars_are_checked_with_their_key_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(dir.path().join("knock.wav"), b"RIFF\0\0\0\0WAVEfmt ").unwrap();
+    std::fs::write(dir.path().join("walk.dat"), b"1,2,3\n").unwrap();
+    let source = "[[sources]]\ntype = \"synthetic\"\nname = \"imu0\"\nmodality = \"imu\"\n";
+    let parse = |prompt: &str| {
+        sensebind::config::parse(
+            &with_models(&format!("{source}[[prompts]]\nid = \"p\"\n{prompt}\n")),
+            &file,
+            dir.path(),
+        )
+    };
+    // A file relative to the configuration, of a modality no source has: fine (its tower is loaded for it).
+    assert!(parse("exemplars = [\"knock.wav\"]").is_ok());
+    assert!(parse("exemplars = [{ path = \"walk.dat\", modality = \"imu\" }]").is_ok());
+    for (prompt, path, message) in [
+        (
+            "exemplars = [\"missing.wav\"]",
+            "prompts[0].exemplars[0]",
+            "missing.wav",
+        ),
+        (
+            "text = \"x\"\nexemplars = [\"knock.wav\", \"walk.dat\"]",
+            "prompts[0].exemplars[1]",
+            "cannot tell",
+        ),
+        (
+            "exemplars = [{ base64 = \"AAAA\", name = \"a.wav\" }]",
+            "prompts[0].exemplars[0]",
+            "prompts/set only",
+        ),
+        (
+            "exemplars = [{ path = \"knock.wav\", base64 = \"AAAA\" }]",
+            "prompts[0].exemplars[0]",
+            "not both",
+        ),
+        ("", "prompts[0].text", "needs text, texts or exemplars"),
+    ] {
+        let err = parse(prompt).unwrap_err();
+        assert!(
+            err.issues.iter().any(|i| i.path == path && i.message.contains(message)),
+            "{prompt}: expected {path}: {message} in {err}"
+        );
+    }
+}

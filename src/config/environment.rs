@@ -59,6 +59,45 @@ pub(super) fn check(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Issues)
     {
         issues.push("prompts", "prompts need the model directory's text tower");
     }
+    exemplars(loaded, parsed, manifest.as_ref(), issues);
+}
+
+/// Every exemplar file exists, its tower can be told, and the model directory has that tower.
+fn exemplars(loaded: &LoadedConfig, parsed: &Parsed, manifest: Option<&crate::encode::ModelDir>, issues: &mut Issues) {
+    use std::io::Read;
+    for (pos, pr) in loaded.config.prompts.iter().enumerate() {
+        let i = parsed.prompt_index.get(pos).copied().unwrap_or(pos);
+        for (j, spec) in pr.exemplars.iter().enumerate() {
+            let key = format!("prompts[{i}].exemplars[{j}]");
+            let Some(path) = spec.path().map(|p| loaded.resolve(std::path::Path::new(p))) else {
+                issues.push(
+                    key,
+                    "base64 exemplars are taken over prompts/set only; in a configuration file give a path",
+                );
+                continue;
+            };
+            let mut head = Vec::with_capacity(64);
+            if let Err(e) = std::fs::File::open(&path).and_then(|f| f.take(64).read_to_end(&mut head)) {
+                issues.push(key, format!("{}: {e}", path.display()));
+                continue;
+            }
+            let modality = match spec.modality() {
+                Some(m) => m,
+                None => match crate::labels::exemplar::modality_of(&head, &path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        issues.push(key, e);
+                        continue;
+                    }
+                },
+            };
+            if let Some(dir) = manifest
+                && dir.tower(modality).is_err()
+            {
+                issues.push(key, format!("the model directory has no {modality} tower to embed it"));
+            }
+        }
+    }
 }
 
 fn mqtt(loaded: &LoadedConfig, issues: &mut Issues) {
