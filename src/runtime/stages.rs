@@ -3,7 +3,7 @@
 //! (model loading, the text tower) runs on the blocking pool, never on the async workers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::publish::{OutMessage, Outbox};
 use crate::ring::{RingConsumer, ring};
 use crate::sources::build::BuildContext;
 use crate::sources::{SourceOutput, SourceStats, StopFlag};
+use crate::window::gate::Gate;
 use crate::window::{PrepareContext, prepare, windower};
 
 /// An encoder slowed down on purpose (see [`RunOptions::encoder_delay`]).
@@ -441,6 +442,8 @@ pub fn start_source(
         counters: Arc::clone(&counters),
         source_done: Arc::clone(&source_done),
         enabled,
+        gate: sc.gate().filter(|g| !g.is_empty()).map(Gate::new),
+        run: WINDOW_STAGE_RUNS.fetch_add(1, Ordering::Relaxed),
     };
     let (window_tracked, window_guard) = Tracked::new(format!("window-{name}"));
     let window_thread = std::thread::Builder::new()
@@ -485,7 +488,12 @@ pub fn start_source(
     Ok(())
 }
 
-/// One source's window stage: drains its ring, cuts windows, preprocesses them, queues them for the encoder.
+/// Numbers the window stages started (each `Window` carries its stage's number, so that a source restarted by a
+/// reload never reuses an embedding of its previous run).
+static WINDOW_STAGE_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// One source's window stage: drains its ring, cuts windows, gates them, preprocesses them, queues them for the
+/// encoder.
 struct WindowStage {
     name: Arc<str>,
     modality: Modality,
@@ -496,10 +504,13 @@ struct WindowStage {
     counters: Arc<SourceCounters>,
     source_done: Arc<AtomicBool>,
     enabled: Arc<AtomicBool>,
+    /// The source's gate (`gate` in its entry), if any.
+    gate: Option<Gate>,
+    run: u64,
 }
 
 impl WindowStage {
-    fn run(self) {
+    fn run(mut self) {
         let mut cutter = windower(self.modality, self.spec);
         let (mut samples, mut raws) = (Vec::new(), Vec::new());
         let mut seq = 0u64;
@@ -515,6 +526,8 @@ impl WindowStage {
                 raws.clear();
             }
             for raw in raws.drain(..) {
+                // Gated windows are still preprocessed: the worker encodes one whose reference it did not embed.
+                let gated_after = self.gate.as_mut().and_then(|g| g.check(&raw, seq));
                 match prepare(&raw, &self.prepare) {
                     Ok(input) => {
                         self.queue.push(Window {
@@ -524,6 +537,8 @@ impl WindowStage {
                             t0: raw.t0,
                             t1: raw.t1,
                             input,
+                            run: self.run,
+                            gated_after,
                         });
                         seq += 1;
                         self.counters.windows_total.fetch_add(1, Ordering::Relaxed);
