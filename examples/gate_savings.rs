@@ -12,20 +12,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use sensebind::clock::Timestamp;
 use sensebind::encode::engine::{self, ModelSource};
 use sensebind::encode::manifest::ModelDir;
 use sensebind::encode::{Backend, EngineOptions};
 use sensebind::modality::Modality;
 use sensebind::preprocess::PreprocessConfig;
 use sensebind::preprocess::imu::ColumnRef;
+use sensebind::sources::Sample;
 use sensebind::sources::config::WindowSpec;
+use sensebind::sources::replay::read_samples;
 use sensebind::tensor::Tensor;
 use sensebind::window::gate::{self, Gate, GateConfig};
-use sensebind::window::{RawWindow, RawWindowData};
 use sensebind::window::{PrepareContext, prepare, windower};
-use sensebind::clock::Timestamp;
-use sensebind::sources::Sample;
-use sensebind::sources::replay::read_samples;
+use sensebind::window::{RawWindow, RawWindowData};
 
 /// Seconds of stream per recording.
 const STREAM_SECS: u64 = 60;
@@ -58,7 +58,9 @@ fn recordings() -> Vec<(Modality, &'static str, GateConfig, u64)> {
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
@@ -103,7 +105,9 @@ fn main() {
         let mut open_ms = 0.0;
         for (input, &g) in inputs.iter().zip(&gated) {
             let t = Instant::now();
-            encoder.encode(&Tensor::stack(std::slice::from_ref(input)).unwrap()).unwrap();
+            encoder
+                .encode(&Tensor::stack(std::slice::from_ref(input)).unwrap())
+                .unwrap();
             let ms = t.elapsed().as_secs_f64() * 1e3;
             all_ms += ms;
             if !g {
@@ -113,7 +117,11 @@ fn main() {
         let n_gated = gated.iter().filter(|&&g| g).count();
         println!(
             "| {file}{} | {modality} | {} | {n_gated} | {all_ms:.0} | {open_ms:.0} | {:.0} % |",
-            if silence_secs > 0 { format!(" + {silence_secs} s silence") } else { String::new() },
+            if silence_secs > 0 {
+                format!(" + {silence_secs} s silence")
+            } else {
+                String::new()
+            },
             inputs.len(),
             100.0 * (all_ms - open_ms) / all_ms.max(f64::MIN_POSITIVE)
         );
@@ -136,19 +144,31 @@ fn windows(
         true
     })
     .expect("recording");
-    if let Some(Sample::Audio { t, rate_hz, samples: last }) = samples.last().cloned().filter(|_| silence_secs > 0) {
+    if let Some(Sample::Audio {
+        t,
+        rate_hz,
+        samples: last,
+    }) = samples.last().cloned().filter(|_| silence_secs > 0)
+    {
         let start = t.0 + last.len() as u64 * 1_000_000_000 / u64::from(rate_hz);
         for i in 0..silence_secs * 10 {
             let t = Timestamp(start + i * 100_000_000);
             let block = vec![0.0; rate_hz as usize / 10];
-            samples.push(Sample::Audio { t, rate_hz, samples: block });
+            samples.push(Sample::Audio {
+                t,
+                rate_hz,
+                samples: block,
+            });
         }
     }
     let time = |s: &Sample| match s {
         Sample::Frame { t, .. } | Sample::Audio { t, .. } | Sample::Imu { t, .. } | Sample::Text { t, .. } => t.0,
     };
     // One loop: the last sample's time plus one sample period (frame, IMU reading or audio block).
-    let period = samples.windows(2).last().map_or(1_000_000_000, |w| time(&w[1]) - time(&w[0]));
+    let period = samples
+        .windows(2)
+        .last()
+        .map_or(1_000_000_000, |w| time(&w[1]) - time(&w[0]));
     let length = samples.last().map_or(0, time) + period;
     let mut cutter = windower(modality, WindowSpec::for_modality(modality, None, None));
     let mut gate = Gate::new(gate);
@@ -179,7 +199,10 @@ fn windows(
     measures.sort_by(f64::total_cmp);
     if let (Some(lo), Some(hi)) = (measures.first(), measures.last()) {
         let mid = measures[measures.len() / 2];
-        println!("<!-- {}: measure min {lo:.4} median {mid:.4} max {hi:.4} -->", path.display());
+        println!(
+            "<!-- {}: measure min {lo:.4} median {mid:.4} max {hi:.4} -->",
+            path.display()
+        );
     }
     (inputs, gated)
 }

@@ -403,13 +403,48 @@ fn gate_mistakes_name_their_key_path_and_line() {
     let gate = ok.config.sources[0].gate().unwrap();
     assert_eq!(gate.min_dbfs, Some(-60.0));
     for (modality, gate, path, says) in [
-        ("audio", "min_dbfs = 3.0", "sources[0].gate.min_dbfs", "between -200 and 0"),
-        ("audio", "min_frame_diff = 0.1", "sources[0].gate.min_frame_diff", "vision, depth and thermal"),
-        ("vision", "min_frame_diff = 0.0", "sources[0].gate.min_frame_diff", "above 0"),
-        ("vision", "min_imu_variance = 1.0", "sources[0].gate.min_imu_variance", "imu sources only"),
-        ("imu", "min_imu_variance = -1.0", "sources[0].gate.min_imu_variance", "positive"),
-        ("imu", "min_variance = 1.0", "sources[0].gate.min_variance", "unknown field"),
-        ("audio", "min_dbfs = \"quiet\"", "sources[0].gate.min_dbfs", "invalid type"),
+        (
+            "audio",
+            "min_dbfs = 3.0",
+            "sources[0].gate.min_dbfs",
+            "between -200 and 0",
+        ),
+        (
+            "audio",
+            "min_frame_diff = 0.1",
+            "sources[0].gate.min_frame_diff",
+            "vision, depth and thermal",
+        ),
+        (
+            "vision",
+            "min_frame_diff = 0.0",
+            "sources[0].gate.min_frame_diff",
+            "above 0",
+        ),
+        (
+            "vision",
+            "min_imu_variance = 1.0",
+            "sources[0].gate.min_imu_variance",
+            "imu sources only",
+        ),
+        (
+            "imu",
+            "min_imu_variance = -1.0",
+            "sources[0].gate.min_imu_variance",
+            "positive",
+        ),
+        (
+            "imu",
+            "min_variance = 1.0",
+            "sources[0].gate.min_variance",
+            "unknown field",
+        ),
+        (
+            "audio",
+            "min_dbfs = \"quiet\"",
+            "sources[0].gate.min_dbfs",
+            "invalid type",
+        ),
     ] {
         let err = parse(&source(modality, gate)).unwrap_err();
         assert_eq!(err.issues.len(), 1, "{gate}: {err}");

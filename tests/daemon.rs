@@ -413,8 +413,16 @@ text = "a person on the phone"
     }
     // The towers ran for the changing sources' windows and the constant sources' first window only.
     for (m, constant, changing) in [("vision", "still", "cam"), ("audio", "quiet", "mic")] {
-        assert_eq!(enc(m, "windows_dropped_total") + enc(m, "windows_failed_total"), 0, "{stats}");
-        assert_eq!(enc(m, "windows_gated_total"), src(constant, "windows_gated_total"), "{m}: {stats}");
+        assert_eq!(
+            enc(m, "windows_dropped_total") + enc(m, "windows_failed_total"),
+            0,
+            "{stats}"
+        );
+        assert_eq!(
+            enc(m, "windows_gated_total"),
+            src(constant, "windows_gated_total"),
+            "{m}: {stats}"
+        );
         assert_eq!(
             enc(m, "windows_encoded_total"),
             src(changing, "windows_scored_total") + 1,
@@ -435,7 +443,10 @@ text = "a person on the phone"
         .filter(|m| m.topic == "sensebind/gates/labels/cam")
         .map(|m| common::check_scores(&m.json(), 2))
         .collect();
-    assert!(cam.windows(2).any(|w| w[0] != w[1]), "the video's scores change: {cam:?}");
+    assert!(
+        cam.windows(2).any(|w| w[0] != w[1]),
+        "the video's scores change: {cam:?}"
+    );
 }
 
 #[test]

@@ -434,9 +434,18 @@ fn bench_reports_each_tower_at_batch_1_and_4_on_every_backend() {
 fn tiny_with_int8_audio(to: &Path, precision: &str) {
     copy_tiny(to);
     let audio = to.join("audio.onnx");
-    std::fs::copy(root().join("tests/fixtures/models/imagebind-tiny-audio-int8.onnx"), &audio).unwrap();
+    std::fs::copy(
+        root().join("tests/fixtures/models/imagebind-tiny-audio-int8.onnx"),
+        &audio,
+    )
+    .unwrap();
     let sha = sensebind::encode::manifest::sha256_file(&audio).unwrap();
-    let old = ModelDir::open(&tiny()).unwrap().tower(Modality::Audio).unwrap().sha256.clone();
+    let old = ModelDir::open(&tiny())
+        .unwrap()
+        .tower(Modality::Audio)
+        .unwrap()
+        .sha256
+        .clone();
     let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
     let manifest = manifest.replace(
         &format!("sha256 = \"{old}\""),
@@ -455,8 +464,14 @@ fn int8_tower_embeds_close_to_f32_verifies_by_cosine_and_an_unknown_precision_is
     let int8 = tmp.path().join("int8");
     tiny_with_int8_audio(&int8, "int8");
     let dir = ModelDir::open(&int8).unwrap();
-    assert_eq!(dir.tower(Modality::Audio).unwrap().precision, sensebind::encode::Precision::Int8);
-    assert_eq!(dir.tower(Modality::Depth).unwrap().precision, sensebind::encode::Precision::F32);
+    assert_eq!(
+        dir.tower(Modality::Audio).unwrap().precision,
+        sensebind::encode::Precision::Int8
+    );
+    assert_eq!(
+        dir.tower(Modality::Depth).unwrap().precision,
+        sensebind::encode::Precision::F32
+    );
     let bell = root().join("tests/fixtures/media/bell.oga");
     let embed_with = |model: &Path, out: &str| {
         let out = tmp.path().join(out);
@@ -481,7 +496,11 @@ fn int8_tower_embeds_close_to_f32_verifies_by_cosine_and_an_unknown_precision_is
     // `models verify` holds the int8 tower to a cosine, the others to PyTorch's max-abs tolerance.
     let out = sensebind(&["models", "verify", int8.to_str().unwrap(), "--backend", "tract"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("PASS audio") && text(&out).contains("int8: cosine"), "{}", text(&out));
+    assert!(
+        text(&out).contains("PASS audio") && text(&out).contains("int8: cosine"),
+        "{}",
+        text(&out)
+    );
     assert!(text(&out).contains("PASS depth"), "{}", text(&out));
 
     // An unknown precision is a clear error naming the manifest, the key and the values this build runs.
@@ -497,7 +516,10 @@ fn int8_tower_embeds_close_to_f32_verifies_by_cosine_and_an_unknown_precision_is
         "--out",
         tmp.path().join("x.npy").to_str().unwrap(),
     ]);
-    assert_clean_failure(&res, &["manifest.toml", "precision", "\"int4\" is not supported", "int8"]);
+    assert_clean_failure(
+        &res,
+        &["manifest.toml", "precision", "\"int4\" is not supported", "int8"],
+    );
     let res = sensebind(&["models", "verify", bad.to_str().unwrap()]);
     assert_clean_failure(&res, &["\"int4\" is not supported"]);
 }
@@ -544,7 +566,10 @@ text = "a dog barking"
         shutdown_timeout: std::time::Duration::from_secs(10),
         ..Default::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let summary = rt
         .block_on(sensebind::runtime::run(&loaded, &options, std::future::pending()))
         .unwrap();
@@ -553,5 +578,8 @@ text = "a dog barking"
     assert!(r(&enc.windows_encoded_total) >= 3, "{}", r(&enc.windows_encoded_total));
     assert_eq!(r(&enc.windows_failed_total), 0);
     let sources = summary.metrics.sources();
-    assert_eq!(r(&sources["mic"].source.windows_scored_total), r(&enc.windows_encoded_total));
+    assert_eq!(
+        r(&sources["mic"].source.windows_scored_total),
+        r(&enc.windows_encoded_total)
+    );
 }

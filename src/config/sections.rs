@@ -148,9 +148,9 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
     for (i, v) in raw_sources.iter().enumerate() {
         // The entry is an internally tagged enum, whose errors lose the path below the entry: the `gate` table is
         // read on its own first, so that its mistakes name `sources[i].gate.…`.
-        let gate_ok = v.get("gate").is_none_or(|g| {
-            section::<GateConfig>(Some(g), &format!("sources[{i}].gate"), issues).is_some()
-        });
+        let gate_ok = v
+            .get("gate")
+            .is_none_or(|g| section::<GateConfig>(Some(g), &format!("sources[{i}].gate"), issues).is_some());
         let entry = if gate_ok {
             section::<SourceConfig>(Some(v), &format!("sources[{i}]"), issues)
         } else {

@@ -108,7 +108,10 @@ fn check_tower(dir: &ModelDir, modality: Modality, options: &EngineOptions) -> T
             let (err, cos) = (result.max_abs_error, result.min_cosine);
             (check.passed, check.detail) = match precision {
                 Precision::F32 if err <= tolerance => (true, "ok".into()),
-                Precision::F32 => (false, format!("max-abs error {err:.3e} exceeds the tolerance {tolerance:.1e}")),
+                Precision::F32 => (
+                    false,
+                    format!("max-abs error {err:.3e} exceeds the tolerance {tolerance:.1e}"),
+                ),
                 Precision::Int8 if cos >= INT8_MIN_COSINE => (true, format!("ok (int8: cosine {cos:.4} to f32)")),
                 Precision::Int8 => (
                     false,

@@ -342,10 +342,16 @@ text = "walking"
         let gated = |v: f64| {
             BASE.replace(
                 "name = \"imu1\"\ntype = \"synthetic\"\nmodality = \"imu\"",
-                &format!("name = \"imu1\"\ntype = \"synthetic\"\nmodality = \"imu\"\ngate = {{ min_imu_variance = {v} }}"),
+                &format!(
+                    "name = \"imu1\"\ntype = \"synthetic\"\nmodality = \"imu\"\ngate = {{ min_imu_variance = {v} }}"
+                ),
             )
         };
-        for (old, new) in [(BASE.to_owned(), gated(0.001)), (gated(0.001), gated(0.01)), (gated(0.01), BASE.to_owned())] {
+        for (old, new) in [
+            (BASE.to_owned(), gated(0.001)),
+            (gated(0.001), gated(0.01)),
+            (gated(0.01), BASE.to_owned()),
+        ] {
             let c = diff(&parse(&old), &parse(&new));
             assert_eq!(c.changed, vec!["imu1".to_owned()]);
             assert!(c.added.is_empty() && c.removed.is_empty() && c.pending_restart.is_empty());

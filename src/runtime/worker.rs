@@ -331,7 +331,11 @@ pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
                 row += 1;
                 let embedding: Arc<[f32]> = Arc::from(emb);
                 let (run, seq) = (w.run, w.seq);
-                let e = Embedded { run, seq, embedding: Arc::clone(&embedding) };
+                let e = Embedded {
+                    run,
+                    seq,
+                    embedding: Arc::clone(&embedding),
+                };
                 last.by_source.insert(Arc::clone(&w.source), e);
                 embedding
             };

@@ -350,7 +350,10 @@ impl GateConfig {
             let frames = matches!(modality, Modality::Vision | Modality::Depth | Modality::Thermal);
             applies("min_frame_diff", frames, "vision, depth and thermal", issues);
             if !(v.is_finite() && v > 0.0 && v <= 1.0) {
-                issues.push("min_frame_diff", format!("must be a fraction above 0 and at most 1, got {v}"));
+                issues.push(
+                    "min_frame_diff",
+                    format!("must be a fraction above 0 and at most 1, got {v}"),
+                );
             }
         }
         if let Some(v) = self.min_imu_variance {

@@ -52,7 +52,12 @@ pub fn frame_diff(a: &FrameImage, b: &FrameImage) -> Option<f64> {
             }
             let bits = a.bit_depth.max(b.bit_depth).clamp(1, 16);
             let full = f64::from((1u32 << bits) - 1);
-            let sum: u64 = a.samples.iter().zip(&b.samples).map(|(&x, &y)| u64::from(x.abs_diff(y))).sum();
+            let sum: u64 = a
+                .samples
+                .iter()
+                .zip(&b.samples)
+                .map(|(&x, &y)| u64::from(x.abs_diff(y)))
+                .sum();
             Some(sum as f64 / a.samples.len() as f64 / full)
         }
         (FrameImage::Depth(a), FrameImage::Depth(b)) => {
@@ -149,7 +154,10 @@ impl Gate {
                 (quiet, Vec::new())
             }
             RawWindowData::Imu { values, .. } => {
-                let quiet = self.config.min_imu_variance.is_some_and(|min| imu_variance(values) < min);
+                let quiet = self
+                    .config
+                    .min_imu_variance
+                    .is_some_and(|min| imu_variance(values) < min);
                 (quiet, Vec::new())
             }
             RawWindowData::Clip(frames) if self.config.min_frame_diff.is_some() => (false, frames.to_vec()),
@@ -177,11 +185,16 @@ mod tests {
     }
 
     fn audio(amplitude: f32) -> RawWindow {
-        let samples = (0..1600).map(|i| amplitude * if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let samples = (0..1600)
+            .map(|i| amplitude * if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
         RawWindow {
             t0: Timestamp(0),
             t1: Timestamp(0),
-            data: RawWindowData::Audio { rate_hz: 16_000, samples },
+            data: RawWindowData::Audio {
+                rate_hz: 16_000,
+                samples,
+            },
         }
     }
 
@@ -252,7 +265,11 @@ mod tests {
         assert_eq!(gate.check(&audio(0.0), 1), Some(0));
         assert_eq!(gate.check(&audio(0.001), 2), Some(0), "-60 dB is below -50");
         assert_eq!(gate.check(&audio(0.5), 3), None, "loud: embedded, the new reference");
-        assert_eq!(gate.check(&audio(0.0), 4), None, "the first quiet window after a loud one is embedded");
+        assert_eq!(
+            gate.check(&audio(0.0), 4),
+            None,
+            "the first quiet window after a loud one is embedded"
+        );
         assert_eq!(gate.check(&audio(0.0), 5), Some(4));
     }
 
