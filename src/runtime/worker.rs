@@ -309,9 +309,6 @@ pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         };
         let model: Arc<str> = Arc::from(cx.encoder.info().model_id.as_str());
-        if last.by_source.len() > LAST_EMBEDDED_MAX {
-            last.by_source.clear();
-        }
         let mut row = 0;
         for (w, &reused) in batch.iter().zip(&reuse) {
             let embedding = if reused {
@@ -361,6 +358,10 @@ pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
                     cx.control.scored_dropped_total.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        if last.by_source.len() > LAST_EMBEDDED_MAX {
+            // Between batches: the next gated window of each source is embedded again.
+            last.by_source.clear();
         }
     }
 }
