@@ -91,7 +91,8 @@ fn load_encoders_blocking(
     for &m in towers {
         let opts = loaded.engine_options(m);
         let enc = engine::load(ModelSource::Dir(&model_dir), m, &opts)?;
-        tracing::info!(modality = %m, model = %enc.info().model_id, backend = enc.backend(), threads = opts.threads, "Loaded encoder.");
+        let precision = model_dir.tower(m).map_or("f32", |t| t.precision.as_str());
+        tracing::info!(modality = %m, model = %enc.info().model_id, backend = enc.backend(), precision, threads = opts.threads, "Loaded encoder.");
         info.insert(
             m.to_string(),
             ModelInfo {
