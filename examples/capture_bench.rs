@@ -181,6 +181,7 @@ fn cameras(secs: f64) {
             depth_unit_m: 0.001,
             window_secs: None,
             hop_secs: None,
+            gate: None,
         };
         let source = sensebind::sources::gstreamer::GstreamerSource::new(config).unwrap();
         let ours = run_source(Box::new(source), 2.0, secs);
@@ -253,6 +254,7 @@ fn microphone_child(secs: f64) {
         sample_format: Some(MicSampleFormat::I16),
         window_secs: None,
         hop_secs: None,
+        gate: None,
     };
     let source = sensebind::sources::microphone::MicrophoneSource::new(config);
     let cb = source.callback_stats();

@@ -832,10 +832,15 @@ fn models_verify(dir: Option<&Path>, threads: usize, json: bool, backends: &Back
             if report.bpe_ok { "ok" } else { "mismatch or missing" }
         );
         for t in &report.towers {
-            let err = t
-                .max_abs_error
-                .map(|e| format!("max-abs {e:.2e} (tolerance {:.0e}, {} rows)", t.tolerance, t.rows))
-                .unwrap_or_default();
+            let err = match (t.precision, t.max_abs_error, t.min_cosine) {
+                (crate::encode::Precision::Int8, Some(e), Some(c)) => format!(
+                    "int8: cosine {c:.4} to f32 (at least {}), max-abs {e:.2e}, {} rows",
+                    crate::encode::verify::INT8_MIN_COSINE,
+                    t.rows
+                ),
+                (_, Some(e), _) => format!("max-abs {e:.2e} (tolerance {:.0e}, {} rows)", t.tolerance, t.rows),
+                _ => String::new(),
+            };
             println!(
                 "{} {:<8} {:<11} {err} {}",
                 if t.passed { "PASS" } else { "FAIL" },

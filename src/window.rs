@@ -16,6 +16,8 @@
 //! Window ends lie on a grid anchored at the first sample: `first + window + k · hop` (depth and thermal:
 //! `first + k · hop`).
 
+pub mod gate;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 

@@ -438,3 +438,67 @@ fn exemplars_are_checked_with_their_key_paths() {
         );
     }
 }
+
+#[test]
+fn gate_mistakes_name_their_key_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let parse = |extra: &str| sensebind::config::parse(&with_models(extra), &file, dir.path());
+    let source = |modality: &str, gate: &str| {
+        format!("[[sources]]\ntype = \"synthetic\"\nname = \"s\"\nmodality = \"{modality}\"\n[sources.gate]\n{gate}\n")
+    };
+    let ok = parse(&source("audio", "min_dbfs = -60.0")).unwrap();
+    let gate = ok.config.sources[0].gate().unwrap();
+    assert_eq!(gate.min_dbfs, Some(-60.0));
+    for (modality, gate, path, says) in [
+        (
+            "audio",
+            "min_dbfs = 3.0",
+            "sources[0].gate.min_dbfs",
+            "between -200 and 0",
+        ),
+        (
+            "audio",
+            "min_frame_diff = 0.1",
+            "sources[0].gate.min_frame_diff",
+            "vision, depth and thermal",
+        ),
+        (
+            "vision",
+            "min_frame_diff = 0.0",
+            "sources[0].gate.min_frame_diff",
+            "above 0",
+        ),
+        (
+            "vision",
+            "min_imu_variance = 1.0",
+            "sources[0].gate.min_imu_variance",
+            "imu sources only",
+        ),
+        (
+            "imu",
+            "min_imu_variance = -1.0",
+            "sources[0].gate.min_imu_variance",
+            "positive",
+        ),
+        (
+            "imu",
+            "min_variance = 1.0",
+            "sources[0].gate.min_variance",
+            "unknown field",
+        ),
+        (
+            "audio",
+            "min_dbfs = \"quiet\"",
+            "sources[0].gate.min_dbfs",
+            "invalid type",
+        ),
+    ] {
+        let err = parse(&source(modality, gate)).unwrap_err();
+        assert_eq!(err.issues.len(), 1, "{gate}: {err}");
+        let issue = &err.issues[0];
+        assert_eq!(issue.path, path, "{gate}: {err}");
+        assert!(issue.message.contains(says), "{gate}: {err}");
+        assert!(issue.line.is_some(), "{gate}: the key's line is reported: {err}");
+    }
+}

@@ -276,6 +276,179 @@ fn six_modalities_end_to_end_then_sigterm() {
     }));
 }
 
+/// `seconds` of digital silence as a 16 kHz mono 16-bit WAV file.
+fn silent_wav(path: &std::path::Path, seconds: u32) {
+    let data_len = 16_000 * 2 * seconds;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    b.extend_from_slice(&1u16.to_le_bytes()); // mono
+    b.extend_from_slice(&16_000u32.to_le_bytes());
+    b.extend_from_slice(&32_000u32.to_le_bytes()); // bytes per second
+    b.extend_from_slice(&2u16.to_le_bytes()); // block align
+    b.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    b.resize(b.len() + data_len as usize, 0);
+    std::fs::write(path, b).unwrap();
+}
+
+/// Issue 13 part 4: a still picture and silence are gated (the encoder does not run for them, their labels keep the
+/// previous scores), a video and a drum loop with the same gates are not.
+#[test]
+fn gates_skip_unchanged_windows_and_keep_previous_scores() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let silence = tmp.path().join("silence.wav");
+    silent_wav(&silence, 3);
+    let config = format!(
+        r#"
+[device]
+id = "gates"
+[runtime]
+state_dir = {state}
+stats_interval_secs = 1
+[models]
+dir = {models}
+[models.towers.vision]
+backend = "tract"
+[mqtt]
+url = "{url}"
+qos = 1
+[[sources]]
+type = "replay"
+name = "still"
+modality = "vision"
+paths = [{still}]
+rate_hz = 8.0
+window_secs = 1.0
+hop_secs = 0.25
+gate = {{ min_frame_diff = 0.005 }}
+[[sources]]
+type = "replay"
+name = "cam"
+modality = "vision"
+paths = [{video}]
+window_secs = 1.0
+hop_secs = 0.5
+gate = {{ min_frame_diff = 0.005 }}
+[[sources]]
+type = "replay"
+name = "quiet"
+modality = "audio"
+paths = [{silence}]
+window_secs = 1.0
+hop_secs = 0.25
+gate = {{ min_dbfs = -60.0 }}
+[[sources]]
+type = "replay"
+name = "mic"
+modality = "audio"
+paths = [{audio}]
+window_secs = 1.0
+hop_secs = 0.5
+gate = {{ min_dbfs = -60.0 }}
+[[prompts]]
+id = "dog"
+text = "a dog barking"
+[[prompts]]
+id = "phone"
+text = "a person on the phone"
+"#,
+        state = toml_str(&tmp.path().join("state")),
+        models = toml_str(&root().join("models/imagebind-tiny")),
+        url = broker.url(),
+        still = media("astronaut.png"),
+        video = media("carphone_pristine.mp4"),
+        silence = toml_str(&silence),
+        audio = media("loop_amen.flac"),
+    );
+    let path = tmp.path().join("gates.toml");
+    std::fs::write(&path, config).unwrap();
+    let sub = Subscriber::start(broker.port, "sensebind/gates/#");
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--shutdown-timeout-secs", "5"])
+        .env("SENSEBIND_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
+    let labels = |msgs: &[common::Received], s: &str| {
+        msgs.iter()
+            .filter(|m| m.topic == format!("sensebind/gates/labels/{s}"))
+            .count()
+    };
+    let enough = sub.wait_for(Duration::from_secs(60), |msgs| {
+        labels(msgs, "still") >= 6 && labels(msgs, "quiet") >= 6 && labels(msgs, "cam") >= 3 && labels(msgs, "mic") >= 3
+    });
+    assert!(enough, "too few windows:\n{}", log());
+    sigterm(child.id());
+    let status = wait_exit(&mut child, Duration::from_secs(8)).expect("exited within the shutdown deadline");
+    assert!(status.success(), "exit status {status:?}:\n{}", log());
+    assert!(sub.wait_for(Duration::from_secs(5), |m| common::said_offline(m, "gates")));
+    let msgs = sub.snapshot();
+    let stats = msgs
+        .iter()
+        .rev()
+        .find(|m| m.topic == "sensebind/gates/stats")
+        .map(common::Received::json)
+        .expect("stats published");
+    let src = |s: &str, key: &str| stats["sources"][s][key].as_u64().unwrap();
+    let enc = |m: &str, key: &str| stats["encoders"][m][key].as_u64().unwrap();
+    // Constant inputs: every window after the first is gated; changing ones never are.
+    for s in ["still", "quiet"] {
+        let scored = src(s, "windows_scored_total");
+        assert!(scored >= 6, "{s}: {scored} windows");
+        assert_eq!(src(s, "windows_gated_total"), scored - 1, "{s}: {stats}");
+    }
+    for s in ["cam", "mic"] {
+        assert!(src(s, "windows_scored_total") >= 3, "{s}: {stats}");
+        assert_eq!(src(s, "windows_gated_total"), 0, "{s}: {stats}");
+    }
+    // The towers ran for the changing sources' windows and the constant sources' first window only.
+    for (m, constant, changing) in [("vision", "still", "cam"), ("audio", "quiet", "mic")] {
+        assert_eq!(
+            enc(m, "windows_dropped_total") + enc(m, "windows_failed_total"),
+            0,
+            "{stats}"
+        );
+        assert_eq!(
+            enc(m, "windows_gated_total"),
+            src(constant, "windows_gated_total"),
+            "{m}: {stats}"
+        );
+        assert_eq!(
+            enc(m, "windows_encoded_total"),
+            src(changing, "windows_scored_total") + 1,
+            "{m}: {stats}"
+        );
+    }
+    // A gated window keeps the previous scores: every label message of a constant source scores alike.
+    for s in ["still", "quiet"] {
+        let scores: Vec<Vec<(String, f64)>> = msgs
+            .iter()
+            .filter(|m| m.topic == format!("sensebind/gates/labels/{s}"))
+            .map(|m| common::check_scores(&m.json(), 2))
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] == w[1]), "{s}: {scores:?}");
+    }
+    let cam: Vec<Vec<(String, f64)>> = msgs
+        .iter()
+        .filter(|m| m.topic == "sensebind/gates/labels/cam")
+        .map(|m| common::check_scores(&m.json(), 2))
+        .collect();
+    assert!(
+        cam.windows(2).any(|w| w[0] != w[1]),
+        "the video's scores change: {cam:?}"
+    );
+}
+
 #[test]
 fn overload_drops_are_counted_exactly() {
     let tmp = tempfile::tempdir().unwrap();

@@ -25,6 +25,7 @@ fn config(modality: Modality, pipeline: &str) -> GstreamerSourceConfig {
         depth_unit_m: 0.001,
         window_secs: None,
         hop_secs: None,
+        gate: None,
     }
 }
 

@@ -310,6 +310,7 @@ fn check_against_stats(f: &BTreeMap<String, Family>, before: &Value, after: &Val
         ("sensebind_source_windows_total", "windows_total"),
         ("sensebind_source_window_errors_total", "window_errors_total"),
         ("sensebind_source_windows_scored_total", "windows_scored_total"),
+        ("sensebind_source_windows_gated_total", "windows_gated_total"),
     ] {
         let s = |v: &Value| v["sources"]["imu0"][key].as_f64().unwrap();
         between(metric, s(before), value(f, metric, &src), s(after));
@@ -331,6 +332,7 @@ fn check_against_stats(f: &BTreeMap<String, Family>, before: &Value, after: &Val
         ("sensebind_encoder_windows_dropped_total", "windows_dropped_total"),
         ("sensebind_encoder_windows_encoded_total", "windows_encoded_total"),
         ("sensebind_encoder_windows_failed_total", "windows_failed_total"),
+        ("sensebind_encoder_windows_gated_total", "windows_gated_total"),
         ("sensebind_encoder_batches_total", "batches_total"),
         ("sensebind_encoder_inference_seconds_count", "batches_total"),
     ] {

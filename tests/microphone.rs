@@ -178,6 +178,7 @@ fn mic_config(device: &str) -> MicrophoneSourceConfig {
         sample_format: Some(MicSampleFormat::I16),
         window_secs: None,
         hop_secs: None,
+        gate: None,
     }
 }
 

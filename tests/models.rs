@@ -427,3 +427,159 @@ fn bench_reports_each_tower_at_batch_1_and_4_on_every_backend() {
         assert!(r["p95_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
     }
 }
+
+/// A copy of models/imagebind-tiny whose audio tower is the committed int8 one (tests/fixtures/models/README.md),
+/// with the manifest's `precision` set to `precision`, as `tools/quantize.py --model-dir … --modalities audio`
+/// writes it.
+fn tiny_with_int8_audio(to: &Path, precision: &str) {
+    copy_tiny(to);
+    let audio = to.join("audio.onnx");
+    std::fs::copy(
+        root().join("tests/fixtures/models/imagebind-tiny-audio-int8.onnx"),
+        &audio,
+    )
+    .unwrap();
+    let sha = sensebind::encode::manifest::sha256_file(&audio).unwrap();
+    let old = ModelDir::open(&tiny())
+        .unwrap()
+        .tower(Modality::Audio)
+        .unwrap()
+        .sha256
+        .clone();
+    let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
+    let manifest = manifest.replace(
+        &format!("sha256 = \"{old}\""),
+        &format!("sha256 = \"{sha}\"\nprecision = \"{precision}\""),
+    );
+    std::fs::write(to.join("manifest.toml"), manifest).unwrap();
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    sensebind::encode::verify::cosine(a, b)
+}
+
+#[test]
+fn int8_tower_embeds_close_to_f32_verifies_by_cosine_and_an_unknown_precision_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let int8 = tmp.path().join("int8");
+    tiny_with_int8_audio(&int8, "int8");
+    let dir = ModelDir::open(&int8).unwrap();
+    assert_eq!(
+        dir.tower(Modality::Audio).unwrap().precision,
+        sensebind::encode::Precision::Int8
+    );
+    assert_eq!(
+        dir.tower(Modality::Depth).unwrap().precision,
+        sensebind::encode::Precision::F32
+    );
+    let bell = root().join("tests/fixtures/media/bell.oga");
+    let embed_with = |model: &Path, out: &str| {
+        let out = tmp.path().join(out);
+        let res = sensebind(&[
+            "embed",
+            "-m",
+            "audio",
+            "--model",
+            model.to_str().unwrap(),
+            bell.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(res.status.success(), "{}", text(&res));
+        npy::read(&out).unwrap().as_f32().unwrap().to_vec()
+    };
+    let (f32_row, int8_row) = (embed_with(&tiny(), "f32.npy"), embed_with(&int8, "int8.npy"));
+    let cos = cosine(&f32_row, &int8_row);
+    assert!(cos >= 0.99, "int8 vs f32 cosine {cos}");
+    assert!(f32_row != int8_row, "the int8 tower is a different graph");
+
+    // `models verify` holds the int8 tower to a cosine, the others to PyTorch's max-abs tolerance.
+    let out = sensebind(&["models", "verify", int8.to_str().unwrap(), "--backend", "tract"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("PASS audio") && text(&out).contains("int8: cosine"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("PASS depth"), "{}", text(&out));
+
+    // An unknown precision is a clear error naming the manifest, the key and the values this build runs.
+    let bad = tmp.path().join("int4");
+    tiny_with_int8_audio(&bad, "int4");
+    let res = sensebind(&[
+        "embed",
+        "-m",
+        "audio",
+        "--model",
+        bad.to_str().unwrap(),
+        bell.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x.npy").to_str().unwrap(),
+    ]);
+    assert_clean_failure(
+        &res,
+        &["manifest.toml", "precision", "\"int4\" is not supported", "int8"],
+    );
+    let res = sensebind(&["models", "verify", bad.to_str().unwrap()]);
+    assert_clean_failure(&res, &["\"int4\" is not supported"]);
+}
+
+#[test]
+fn the_daemon_runs_an_int8_tower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let int8 = tmp.path().join("int8");
+    tiny_with_int8_audio(&int8, "int8");
+    let config = format!(
+        r#"
+[device]
+id = "int8"
+[runtime]
+state_dir = {state:?}
+stats_interval_secs = 0
+[models]
+dir = {models:?}
+[mqtt]
+enabled = false
+[[sources]]
+type = "replay"
+name = "mic"
+modality = "audio"
+paths = [{bell:?}]
+window_secs = 1.0
+hop_secs = 0.5
+[[prompts]]
+id = "bell"
+text = "a bell ringing"
+[[prompts]]
+id = "dog"
+text = "a dog barking"
+"#,
+        state = tmp.path().join("state").display().to_string(),
+        models = int8.display().to_string(),
+        bell = root().join("tests/fixtures/media/bell.oga").display().to_string(),
+    );
+    let path = tmp.path().join("int8.toml");
+    std::fs::write(&path, config).unwrap();
+    let loaded = sensebind::config::load(&path).unwrap();
+    let options = sensebind::runtime::RunOptions {
+        duration: Some(std::time::Duration::from_secs(3)),
+        shutdown_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt
+        .block_on(sensebind::runtime::run(&loaded, &options, std::future::pending()))
+        .unwrap();
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let enc = &summary.metrics.encoders[&Modality::Audio];
+    assert!(r(&enc.windows_encoded_total) >= 3, "{}", r(&enc.windows_encoded_total));
+    assert_eq!(r(&enc.windows_failed_total), 0);
+    let sources = summary.metrics.sources();
+    assert_eq!(
+        r(&sources["mic"].source.windows_scored_total),
+        r(&enc.windows_encoded_total)
+    );
+}

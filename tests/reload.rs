@@ -263,3 +263,74 @@ fn the_reload_command_answers_and_removes_a_source_with_its_topics() {
     d.signal("-TERM");
     assert!(d.wait(Duration::from_secs(15)).expect("exits").success());
 }
+
+/// Issue 13 part 4: a `gate` added by a reload restarts its source alone, and from then on its windows are gated
+/// (counted in `stats`, the encoder skipped) while the other source's are not.
+#[test]
+fn a_gate_added_by_a_reload_gates_that_source_from_its_restart() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::start(broker.port, &format!("sensebind/{DEVICE}/#"));
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let mut d = Daemon::start(tmp.path(), DEVICE, &config(&broker.url(), &state, &imu1(0.5)), &[]);
+    let file = tmp.path().join(format!("{DEVICE}.toml"));
+    assert!(
+        sub.wait_for(Duration::from_secs(60), |m| labels(m, "imu1", 0).len() >= 2),
+        "no labels:\n{}",
+        d.log()
+    );
+    // Every synthetic IMU window is far below this variance: all but the first after the restart are gated.
+    let gated = config(
+        &broker.url(),
+        &state,
+        &format!("{}gate = {{ min_imu_variance = 1000000.0 }}\n", imu1(0.5)),
+    );
+    std::fs::write(&file, &gated).unwrap();
+    publish_once(
+        broker.port,
+        &format!("sensebind/{DEVICE}/cmd"),
+        br#"{"cmd": "reload", "request_id": "g-1"}"#,
+    );
+    let response_topic = format!("sensebind/{DEVICE}/cmd/response");
+    assert!(
+        sub.wait_for(Duration::from_secs(20), |m| m.iter().any(|r| r.topic == response_topic)),
+        "no response:\n{}",
+        d.log()
+    );
+    let response = sub
+        .snapshot()
+        .into_iter()
+        .find(|r| r.topic == response_topic)
+        .unwrap()
+        .json();
+    assert_eq!(response["ok"], true, "{response}");
+    assert_eq!(
+        response["result"]["restarted"],
+        serde_json::json!(["imu1"]),
+        "{response}"
+    );
+    let gated_total = |m: &[Received], source: &str| {
+        common::source_stats(m, DEVICE, source)
+            .last()
+            .and_then(|s| s["windows_gated_total"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        sub.wait_for(Duration::from_secs(20), |m| gated_total(m, "imu1") >= 5),
+        "imu1's windows are not gated after the reload:\n{}",
+        d.log()
+    );
+    d.signal("-TERM");
+    assert!(d.wait(Duration::from_secs(15)).expect("exits").success());
+    assert!(sub.wait_for(Duration::from_secs(5), |m| common::said_offline(m, DEVICE)));
+    // The final stats (published after the pipeline drained): the restarted source's first window was embedded,
+    // every later one gated; imu0 has no gate.
+    let msgs = sub.snapshot();
+    assert_eq!(gated_total(&msgs, "imu0"), 0, "imu0 has no gate");
+    let last = common::source_stats(&msgs, DEVICE, "imu1").pop().unwrap();
+    assert_eq!(
+        last["windows_gated_total"].as_u64().unwrap() + 1,
+        last["windows_scored_total"].as_u64().unwrap(),
+        "{last}"
+    );
+}

@@ -48,6 +48,7 @@ fn config(device: &str) -> V4l2SourceConfig {
         depth_unit_m: 0.001,
         window_secs: None,
         hop_secs: None,
+        gate: None,
     }
 }
 

@@ -33,6 +33,7 @@ Self-test pairs: ``selftest/<modality>.input.npy`` is a tensor in the layout Ima
 Usage:
   python tools/export_imagebind.py --tiny --seed 7 --out models/imagebind-tiny
   python tools/export_imagebind.py --random --modalities audio,depth --out scratch/huge-random
+  python tools/export_imagebind.py --random --precision int8 --modalities audio --out scratch/huge-int8
   python tools/export_imagebind.py --checkpoint .checkpoints/imagebind_huge.pth --out models/imagebind-huge
 
 See docs/models.md.
@@ -392,6 +393,26 @@ def check_with_onnxruntime(path: Path, modality: str, x: np.ndarray, expected: n
     return float(np.max(np.abs(got - expected)))
 
 
+def quantize_in_place(path: Path, x: np.ndarray, expected: np.ndarray) -> float:
+    """Replaces the f32 tower at `path` by its int8 version (tools/quantize.py) and returns the smallest per-row
+    cosine of its output on `x` to PyTorch's `expected`."""
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quantize import quantize
+
+    tmp = path.with_suffix(".int8.onnx")
+    quantize(path, tmp)
+    data = path.parent / (path.name + ".data")
+    if data.exists():
+        data.unlink()
+    tmp.replace(path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    cos = (got * expected).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(expected, axis=-1))
+    return float(cos.min())
+
+
 def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -426,6 +447,13 @@ def main() -> int:
     ap.add_argument("--selftest-batch", type=int, default=2)
     ap.add_argument("--no-selftest", action="store_true", help="skip self-test vectors (large real models)")
     ap.add_argument("--bare", action="store_true", help="write only the .onnx files (no manifest, no vocabulary)")
+    ap.add_argument(
+        "--precision",
+        choices=["f32", "int8"],
+        default="f32",
+        help="int8: quantise every tower with tools/quantize.py (MatMul/Gemm weights, dynamic) and mark it in the "
+        "manifest; the self-test pair stays PyTorch's f32 output (models verify compares int8 towers by cosine)",
+    )
     args = ap.parse_args()
 
     patch_torchvision()
@@ -477,6 +505,11 @@ def main() -> int:
         print(f"{m}: exported {onnx_path} ({onnx_path.stat().st_size} bytes); onnxruntime max-abs vs torch {err:.2e}")
         if err > 1e-4:
             raise SystemExit(f"{m}: the exported graph disagrees with PyTorch (max-abs {err:.2e})")
+        if args.precision == "int8":
+            cos = quantize_in_place(onnx_path, x_tower.numpy(), y_tower.numpy())
+            print(f"{m}: quantised to int8 ({onnx_path.stat().st_size} bytes); cosine to f32 {cos:.5f}")
+            if cos < 0.99:
+                raise SystemExit(f"{m}: the int8 tower is too far from f32 (cosine {cos:.4f} < 0.99)")
         entry = {
             "file": onnx_path.name,
             "sha256": sha256_file(onnx_path),
@@ -490,6 +523,8 @@ def main() -> int:
             "blocks": arch[m][1],
             "heads": arch[m][2],
         }
+        if args.precision == "int8":
+            entry["precision"] = "int8"
         data_file = out / (onnx_path.name + ".data")
         if data_file.exists():
             entry["external_data"] = data_file.name
@@ -499,7 +534,8 @@ def main() -> int:
             np.save(out / "selftest" / f"{m}.output.npy", y_ref.numpy().astype(np.float32))
             entry["selftest_input"] = f"selftest/{m}.input.npy"
             entry["selftest_output"] = f"selftest/{m}.output.npy"
-            entry["selftest_tolerance"] = 1e-5
+            if args.precision == "f32":
+                entry["selftest_tolerance"] = 1e-5
         towers[m] = entry
 
     if args.bare:

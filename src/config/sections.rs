@@ -10,7 +10,7 @@ use crate::labels::PromptConfig;
 use crate::labels::background::LabelsConfig;
 use crate::preprocess::PreprocessConfig;
 use crate::publish::config::MqttConfig;
-use crate::sources::config::SourceConfig;
+use crate::sources::config::{GateConfig, SourceConfig};
 
 const TOP_KEYS: [&str; 11] = [
     "device",
@@ -146,7 +146,17 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
     let raw_sources = list("sources", issues);
     parsed.sources_total = raw_sources.len();
     for (i, v) in raw_sources.iter().enumerate() {
-        match section::<SourceConfig>(Some(v), &format!("sources[{i}]"), issues) {
+        // The entry is an internally tagged enum, whose errors lose the path below the entry: the `gate` table is
+        // read on its own first, so that its mistakes name `sources[i].gate.…`.
+        let gate_ok = v
+            .get("gate")
+            .is_none_or(|g| section::<GateConfig>(Some(g), &format!("sources[{i}].gate"), issues).is_some());
+        let entry = if gate_ok {
+            section::<SourceConfig>(Some(v), &format!("sources[{i}]"), issues)
+        } else {
+            None
+        };
+        match entry {
             Some(s) => {
                 sources.push(s);
                 parsed.source_index.push(i);

@@ -68,6 +68,8 @@ pub struct Scored {
     pub embedding: Vec<f32>,
     /// Every applicable label, best first.
     pub labels: Vec<LabelScore>,
+    /// A gate found the window unchanged: `embedding` is the source's previous one, reused (`window::gate`).
+    pub gated: bool,
 }
 
 /// How often the running z-score statistics are saved with the runtime state.
@@ -667,6 +669,9 @@ impl Controller {
             return;
         };
         sensor.stats.windows_scored_total.fetch_add(1, Ordering::Relaxed);
+        if w.gated {
+            sensor.stats.windows_gated_total.fetch_add(1, Ordering::Relaxed);
+        }
         if !sensor.enabled.load(Ordering::SeqCst) {
             return;
         }
@@ -1072,6 +1077,7 @@ mod tests {
             t0: Timestamp(t_ms * 1_000_000),
             t1: Timestamp(t_ms * 1_000_000),
             model: Arc::from("tiny@0"),
+            gated: false,
             embedding: vec![3.0, 4.0],
             labels: vec![LabelScore {
                 label: "walking".into(),

@@ -1060,6 +1060,8 @@ pub struct SourceStatsEntry {
     pub window_errors_total: u64,
     /// Windows scored against the prompts.
     pub windows_scored_total: u64,
+    /// Of those, windows a gate found unchanged (scored with the previous embedding).
+    pub windows_gated_total: u64,
 }
 
 /// One modality's encoder counters, in `stats/1`.
@@ -1077,6 +1079,8 @@ pub struct EncoderStatsEntry {
     pub windows_encoded_total: u64,
     /// Windows lost to inference errors.
     pub windows_failed_total: u64,
+    /// Windows a gate found unchanged: the previous embedding was reused, the encoder did not run.
+    pub windows_gated_total: u64,
     /// Encoder calls.
     pub batches_total: u64,
     /// Average inference time per call, ms.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Once};
 
 use super::options::{Backend, EngineOptions, OnnxRuntimeConfig};
-use super::{EncodeError, Encoder, ModelDir, TractEncoder};
+use super::{EncodeError, Encoder, ModelDir, Precision, TractEncoder};
 use crate::modality::Modality;
 
 /// Where a tower comes from.
@@ -83,6 +83,17 @@ fn load_tract(
     options: &EngineOptions,
 ) -> Result<Arc<dyn Encoder>, EncodeError> {
     let tract = options.tract();
+    if let ModelSource::Dir(dir) = source
+        && dir.tower(modality).is_ok_and(|t| t.precision == Precision::Int8)
+    {
+        // Measured on the real-size audio tower (docs/BENCHMARKS.md "int8"): ONNX Runtime 4× faster than f32, tract
+        // 1.5× slower than f32 — tract has no fast int8 matrix kernels here.
+        tracing::warn!(
+            modality = %modality,
+            model = %dir.manifest().name,
+            "This int8 tower runs on tract, which is slower on int8 than on f32 (no fast int8 kernels): use ONNX Runtime (backend = \"onnxruntime\" or \"auto\" with its library) or the f32 tower."
+        );
+    }
     Ok(Arc::new(match source {
         ModelSource::Dir(dir) => TractEncoder::from_model_dir(dir, modality, &tract)?,
         ModelSource::Onnx(path) => TractEncoder::from_onnx(path, modality, &tract)?,

@@ -91,9 +91,61 @@ pub struct TowerManifest {
     /// Maximum absolute difference the self-test accepts.
     #[serde(default)]
     pub selftest_tolerance: Option<f32>,
+    /// The numbers the weights are stored in: `f32` (the default) or `int8` (`tools/quantize.py`: the MatMul/Gemm
+    /// weights quantised, activations quantised at run time; the self-test then compares by cosine).
+    #[serde(default)]
+    pub precision: Precision,
     /// Preprocessing constants (see `docs/preprocessing.md`); interpreted by the preprocessing module.
     #[serde(default)]
     pub preprocess: toml::Table,
+}
+
+/// A tower's weight precision (`precision` in the manifest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Precision {
+    /// 32-bit floats: the exporter's graph as PyTorch computes it.
+    #[default]
+    F32,
+    /// Dynamic int8 quantisation of the MatMul/Gemm weights (`tools/quantize.py`); an approximation of the f32
+    /// tower (embedding cosine ≥ 0.99 expected), fast on ONNX Runtime's CPU provider.
+    Int8,
+}
+
+impl Precision {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for Precision {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "f32" => Ok(Precision::F32),
+            "int8" => Ok(Precision::Int8),
+            other => Err(format!(
+                "precision {other:?} is not supported: use \"f32\" or \"int8\" (this build runs those two)"
+            )),
+        }
+    }
+}
+
+impl From<Precision> for String {
+    fn from(p: Precision) -> Self {
+        p.as_str().to_owned()
+    }
 }
 
 /// An opened model directory.
@@ -258,6 +310,30 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert!(verify_sha256(&p, "00").is_err());
+    }
+
+    const HEAD: &str = "schema = 1\nname='x'\nsource='tiny'\nembed_dim=4\nopset=18\nexporter=''\nimagebind=''\n\
+        torch=''\nbpe='b'\nbpe_sha256='0'\n";
+    const TOWER: &str = "[towers.audio]\nfile='a.onnx'\nsha256='0'\ninput_name='audio'\ninput_shape=[1,128,204]\n\
+        input_dtype='f32'\noutput_name='embedding'\noutput_dim=4\nscale=20.0\nwidth=8\nblocks=1\nheads=1\n";
+
+    #[test]
+    fn precision_defaults_to_f32_reads_int8_and_refuses_anything_else_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |extra: &str| {
+            std::fs::write(dir.path().join(MANIFEST_FILE), format!("{HEAD}{TOWER}{extra}")).unwrap();
+            ModelDir::open(dir.path())
+        };
+        let tower = |d: ModelDir| d.tower(Modality::Audio).unwrap().precision;
+        assert_eq!(tower(open("").unwrap()), Precision::F32);
+        assert_eq!(tower(open("precision = 'f32'\n").unwrap()), Precision::F32);
+        assert_eq!(tower(open("precision = 'int8'\n").unwrap()), Precision::Int8);
+        let err = open("precision = 'int4'\n").unwrap_err().to_string();
+        assert!(
+            err.contains("manifest.toml") && err.contains("\"int4\" is not supported") && err.contains("int8"),
+            "{err}"
+        );
+        assert!(err.contains("precision"), "the key is named: {err}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 
 pub use engine::ModelSource;
-pub use manifest::{Manifest, ModelDir, TowerManifest};
+pub use manifest::{Manifest, ModelDir, Precision, TowerManifest};
 pub use options::{Backend, EngineOptions, ExecutionProviderConfig, ModelsConfig, OnnxRuntimeConfig};
 pub use tract_cpu::{TractEncoder, TractOptions};
 

@@ -232,6 +232,12 @@ fn sources(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> fmt::Result {
         "sensebind_source_windows_scored",
         "Windows scored against the prompts.",
         rows(|c| read(&c.source.windows_scored_total)),
+    )?;
+    counter(
+        e,
+        "sensebind_source_windows_gated",
+        "Windows a gate found unchanged, scored with the previous embedding without running the encoder.",
+        rows(|c| read(&c.source.windows_gated_total)),
     )
 }
 
@@ -266,6 +272,12 @@ fn encoders(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> fmt::Result {
         "sensebind_encoder_windows_failed",
         "Windows lost to an inference error.",
         rows(|s| read(&s.windows_failed_total)),
+    )?;
+    counter(
+        e,
+        "sensebind_encoder_windows_gated",
+        "Windows a gate found unchanged: the previous embedding was reused and the encoder did not run.",
+        rows(|s| read(&s.windows_gated_total)),
     )?;
     counter(
         e,

@@ -151,6 +151,7 @@ fn source_entry(c: &SourceCounters) -> SourceStatsEntry {
         windows_total: read(&c.windows_total),
         window_errors_total: read(&c.window_errors_total),
         windows_scored_total: read(&c.source.windows_scored_total),
+        windows_gated_total: read(&c.source.windows_gated_total),
     }
 }
 
@@ -163,6 +164,7 @@ fn encoder_entry(s: &EncoderStats) -> EncoderStatsEntry {
         windows_dropped_total: read(&s.windows_dropped_total),
         windows_encoded_total: read(&s.windows_encoded_total),
         windows_failed_total: read(&s.windows_failed_total),
+        windows_gated_total: read(&s.windows_gated_total),
         batches_total: batches,
         infer_ms_avg: if batches == 0 {
             0.0

@@ -339,6 +339,27 @@ text = "walking"
     }
 
     #[test]
+    fn a_gate_added_or_changed_restarts_that_source_only() {
+        let gated = |v: f64| {
+            BASE.replace(
+                "name = \"imu1\"\ntype = \"synthetic\"\nmodality = \"imu\"",
+                &format!(
+                    "name = \"imu1\"\ntype = \"synthetic\"\nmodality = \"imu\"\ngate = {{ min_imu_variance = {v} }}"
+                ),
+            )
+        };
+        for (old, new) in [
+            (BASE.to_owned(), gated(0.001)),
+            (gated(0.001), gated(0.01)),
+            (gated(0.01), BASE.to_owned()),
+        ] {
+            let c = diff(&parse(&old), &parse(&new));
+            assert_eq!(c.changed, vec!["imu1".to_owned()]);
+            assert!(c.added.is_empty() && c.removed.is_empty() && c.pending_restart.is_empty());
+        }
+    }
+
+    #[test]
     fn prompts_and_live_settings_need_no_restart_but_the_connection_does() {
         let new = format!(
             "{}\n[[prompts]]\nid = \"still\"\ntext = \"still\"\n[mqtt]\nurl = \"mqtt://10.0.0.1:1883\"\nlabels = false\n[runtime]\ntop_k = 5\n",

@@ -3,7 +3,7 @@
 //! (model loading, the text tower) runs on the blocking pool, never on the async workers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use crate::publish::{OutMessage, Outbox};
 use crate::ring::{RingConsumer, ring};
 use crate::sources::build::BuildContext;
 use crate::sources::{SourceOutput, SourceStats, StopFlag};
+use crate::window::gate::Gate;
 use crate::window::{PrepareContext, prepare, windower};
 
 /// An encoder slowed down on purpose (see [`RunOptions::encoder_delay`]).
@@ -91,7 +92,8 @@ fn load_encoders_blocking(
     for &m in towers {
         let opts = loaded.engine_options(m);
         let enc = engine::load(ModelSource::Dir(&model_dir), m, &opts)?;
-        tracing::info!(modality = %m, model = %enc.info().model_id, backend = enc.backend(), threads = opts.threads, "Loaded encoder.");
+        let precision = model_dir.tower(m).map_or("f32", |t| t.precision.as_str());
+        tracing::info!(modality = %m, model = %enc.info().model_id, backend = enc.backend(), precision, threads = opts.threads, "Loaded encoder.");
         info.insert(
             m.to_string(),
             ModelInfo {
@@ -457,6 +459,8 @@ pub fn start_source(
         counters: Arc::clone(&counters),
         source_done: Arc::clone(&source_done),
         enabled,
+        gate: sc.gate().filter(|g| !g.is_empty()).map(Gate::new),
+        run: WINDOW_STAGE_RUNS.fetch_add(1, Ordering::Relaxed),
     };
     let (window_tracked, window_guard) = Tracked::new(format!("window-{name}"));
     let window_thread = std::thread::Builder::new()
@@ -501,7 +505,12 @@ pub fn start_source(
     Ok(())
 }
 
-/// One source's window stage: drains its ring, cuts windows, preprocesses them, queues them for the encoder.
+/// Numbers the window stages started (each `Window` carries its stage's number, so that a source restarted by a
+/// reload never reuses an embedding of its previous run).
+static WINDOW_STAGE_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// One source's window stage: drains its ring, cuts windows, gates them, preprocesses them, queues them for the
+/// encoder.
 struct WindowStage {
     name: Arc<str>,
     modality: Modality,
@@ -512,10 +521,13 @@ struct WindowStage {
     counters: Arc<SourceCounters>,
     source_done: Arc<AtomicBool>,
     enabled: Arc<AtomicBool>,
+    /// The source's gate (`gate` in its entry), if any.
+    gate: Option<Gate>,
+    run: u64,
 }
 
 impl WindowStage {
-    fn run(self) {
+    fn run(mut self) {
         let mut cutter = windower(self.modality, self.spec);
         let (mut samples, mut raws) = (Vec::new(), Vec::new());
         let mut seq = 0u64;
@@ -531,6 +543,8 @@ impl WindowStage {
                 raws.clear();
             }
             for raw in raws.drain(..) {
+                // Gated windows are still preprocessed: the worker encodes one whose reference it did not embed.
+                let gated_after = self.gate.as_mut().and_then(|g| g.check(&raw, seq));
                 match prepare(&raw, &self.prepare) {
                     Ok(input) => {
                         self.queue.push(Window {
@@ -540,6 +554,8 @@ impl WindowStage {
                             t0: raw.t0,
                             t1: raw.t1,
                             input,
+                            run: self.run,
+                            gated_after,
                         });
                         seq += 1;
                         self.counters.windows_total.fetch_add(1, Ordering::Relaxed);

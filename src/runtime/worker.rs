@@ -5,7 +5,7 @@
 //! windows (across the sources of its modality), waiting at most `max_wait` for a batch to fill, runs the tower
 //! once, scores each window against the prompts and queues one label message per window.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -32,6 +32,11 @@ pub struct Window {
     pub t1: Timestamp,
     /// The tower's per-clip input (no batch dimension).
     pub input: Tensor,
+    /// Which start of the source's window stage cut it (a source restarted by a reload numbers its windows anew).
+    pub run: u64,
+    /// Set by the source's gate: the window is unchanged since window `seq` of the same run, whose embedding the
+    /// worker reuses when it has it (`window::gate`).
+    pub gated_after: Option<u64>,
 }
 
 /// Counters of one modality's queue and worker.
@@ -47,6 +52,8 @@ pub struct EncoderStats {
     pub windows_encoded_total: AtomicU64,
     /// Windows lost to an inference error.
     pub windows_failed_total: AtomicU64,
+    /// Windows a gate found unchanged: the source's last embedding was reused, the tower did not run for them.
+    pub windows_gated_total: AtomicU64,
     /// Encoder calls.
     pub batches_total: AtomicU64,
     /// Total inference time, microseconds.
@@ -200,45 +207,138 @@ pub struct WorkerContext {
     pub stats: Arc<EncoderStats>,
 }
 
+/// The last embedding of each source, which gated windows reuse.
+#[derive(Debug, Default)]
+struct LastEmbedded {
+    by_source: HashMap<Arc<str>, Embedded>,
+}
+
+#[derive(Debug)]
+struct Embedded {
+    run: u64,
+    seq: u64,
+    embedding: Arc<[f32]>,
+}
+
+/// Most sources remembered; past it the map is cleared (only a reload loop inventing names gets there).
+const LAST_EMBEDDED_MAX: usize = 4096;
+
+impl LastEmbedded {
+    /// True when `w` is gated and its source's last embedding is of its reference window or a later one.
+    fn covers(&self, w: &Window) -> bool {
+        let Some(reference) = w.gated_after else { return false };
+        self.by_source
+            .get(&w.source)
+            .is_some_and(|e| e.run == w.run && e.seq >= reference)
+    }
+}
+
+/// Which windows of a batch reuse an embedding (`true`) rather than run the tower: gated windows whose reference
+/// was embedded before or is embedded earlier in this batch.
+fn reuse_plan(batch: &[Window], last: &LastEmbedded) -> Vec<bool> {
+    let mut in_batch: HashMap<&str, (u64, u64)> = HashMap::new();
+    batch
+        .iter()
+        .map(|w| {
+            let reuse = match (w.gated_after, in_batch.get(&*w.source)) {
+                (None, _) => false,
+                (Some(reference), Some(&(run, seq))) => run == w.run && seq >= reference,
+                (Some(_), None) => last.covers(w),
+            };
+            if !reuse {
+                in_batch.insert(&w.source, (w.run, w.seq));
+            }
+            reuse
+        })
+        .collect()
+}
+
+/// Runs the tower on the windows of `batch` that `reuse` does not cover; `Ok(None)` when it has nothing to run.
+fn encode_batch(batch: &[Window], reuse: &[bool], cx: &WorkerContext) -> Result<Option<Tensor>, String> {
+    let inputs: Vec<Tensor> = batch
+        .iter()
+        .zip(reuse)
+        .filter(|(_, r)| !**r)
+        .map(|(w, _)| w.input.clone())
+        .collect();
+    if inputs.is_empty() {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let result = Tensor::stack(&inputs)
+        .map_err(|e| e.to_string())
+        .and_then(|t| cx.encoder.encode(&t).map_err(|e| e.to_string()));
+    let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    cx.stats.batches_total.fetch_add(1, Ordering::Relaxed);
+    cx.stats.infer_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
+    cx.stats.infer_latency.record(elapsed_us);
+    match result {
+        Ok(e) => {
+            cx.stats
+                .windows_encoded_total
+                .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+            Ok(Some(e))
+        }
+        Err(reason) => {
+            cx.stats
+                .windows_failed_total
+                .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+            tracing::error!(modality = %cx.encoder.info().modality, windows = inputs.len(), error = %reason, "Inference failed; these windows are lost.");
+            Err(reason)
+        }
+    }
+}
+
 /// The worker loop: runs until the queue is closed and drained.
 pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
-    let modality = cx.encoder.info().modality;
+    let mut last = LastEmbedded::default();
     loop {
         let batch = queue.pop_batch(cx.max_batch, cx.max_wait);
         if batch.is_empty() {
             break;
         }
-        let inputs: Vec<Tensor> = batch.iter().map(|w| w.input.clone()).collect();
-        let started = Instant::now();
-        let result = Tensor::stack(&inputs)
-            .map_err(|e| e.to_string())
-            .and_then(|t| cx.encoder.encode(&t).map_err(|e| e.to_string()));
-        let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        cx.stats.batches_total.fetch_add(1, Ordering::Relaxed);
-        cx.stats.infer_us_total.fetch_add(elapsed_us, Ordering::Relaxed);
-        cx.stats.infer_latency.record(elapsed_us);
-        let embeddings = match result {
-            Ok(e) => e,
-            Err(reason) => {
-                cx.stats
-                    .windows_failed_total
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!(modality = %modality, windows = batch.len(), error = %reason, "Inference failed; these windows are lost.");
-                continue;
-            }
-        };
-        cx.stats
-            .windows_encoded_total
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let reuse = reuse_plan(&batch, &last);
+        let embeddings = encode_batch(&batch, &reuse, cx);
         let dim = cx.encoder.info().output_dim;
-        let values = embeddings.as_f32().unwrap_or_default();
+        let values = match &embeddings {
+            Ok(Some(e)) => e.as_f32().unwrap_or_default(),
+            _ => &[],
+        };
         let prompts = match cx.prompts.read() {
             Ok(p) => Arc::clone(&p),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         };
         let model: Arc<str> = Arc::from(cx.encoder.info().model_id.as_str());
-        for (i, w) in batch.iter().enumerate() {
-            let emb = &values[i * dim..(i + 1) * dim];
+        let mut row = 0;
+        for (w, &reused) in batch.iter().zip(&reuse) {
+            let embedding = if reused {
+                // The reference was embedded (plan), unless this batch's inference failed.
+                match last.by_source.get(&w.source).filter(|_| last.covers(w)) {
+                    Some(e) => Arc::clone(&e.embedding),
+                    None => {
+                        cx.stats.windows_failed_total.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            } else {
+                let Some(emb) = values.get(row * dim..(row + 1) * dim) else {
+                    row += 1;
+                    continue; // Lost with the failed call (counted there).
+                };
+                row += 1;
+                let embedding: Arc<[f32]> = Arc::from(emb);
+                let (run, seq) = (w.run, w.seq);
+                let e = Embedded {
+                    run,
+                    seq,
+                    embedding: Arc::clone(&embedding),
+                };
+                last.by_source.insert(Arc::clone(&w.source), e);
+                embedding
+            };
+            if reused {
+                cx.stats.windows_gated_total.fetch_add(1, Ordering::Relaxed);
+            }
             let scored = Scored {
                 source: Arc::clone(&w.source),
                 modality: w.modality,
@@ -246,8 +346,9 @@ pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
                 t0: w.t0,
                 t1: w.t1,
                 model: Arc::clone(&model),
-                embedding: emb.to_vec(),
-                labels: prompts.score(emb, w.modality, &w.source, usize::MAX),
+                labels: prompts.score(&embedding, w.modality, &w.source, usize::MAX),
+                embedding: embedding.to_vec(),
+                gated: reused,
             };
             match cx.scored.try_send(scored) {
                 Ok(()) => {
@@ -257,6 +358,10 @@ pub fn run_worker(queue: &WindowQueue, cx: &WorkerContext) {
                     cx.control.scored_dropped_total.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        if last.by_source.len() > LAST_EMBEDDED_MAX {
+            // Between batches: the next gated window of each source is embedded again.
+            last.by_source.clear();
         }
     }
 }
@@ -273,7 +378,39 @@ mod tests {
             t0: Timestamp(0),
             t1: Timestamp(0),
             input: Tensor::from_f32(vec![1], vec![0.0]).unwrap(),
+            run: 0,
+            gated_after: None,
         }
+    }
+
+    fn gated(seq: u64, run: u64, after: Option<u64>) -> Window {
+        Window {
+            run,
+            gated_after: after,
+            ..window(seq)
+        }
+    }
+
+    #[test]
+    fn reuse_plan_reuses_only_an_embedded_reference_of_the_same_run() {
+        let mut last = LastEmbedded::default();
+        // Nothing embedded yet: a gated window is encoded; the next one reuses it within the batch.
+        let batch = [gated(0, 1, None), gated(1, 1, Some(0)), gated(2, 1, Some(0))];
+        assert_eq!(reuse_plan(&batch, &last), vec![false, true, true]);
+        let first_gated_without_reference = [gated(5, 1, Some(4)), gated(6, 1, Some(4))];
+        assert_eq!(reuse_plan(&first_gated_without_reference, &last), vec![false, true]);
+        last.by_source.insert(
+            Arc::from("s"),
+            Embedded {
+                run: 1,
+                seq: 7,
+                embedding: Arc::from(vec![0.0f32]),
+            },
+        );
+        // Reference 7 was embedded; reference 9 was not (dropped); another run never reuses.
+        let later = [gated(8, 1, Some(7)), gated(10, 1, Some(9)), gated(11, 1, Some(9))];
+        assert_eq!(reuse_plan(&later, &last), vec![true, false, true]);
+        assert_eq!(reuse_plan(&[gated(0, 2, Some(0))], &last), vec![false]);
     }
 
     #[test]

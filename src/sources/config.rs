@@ -68,6 +68,10 @@ pub struct V4l2SourceConfig {
     /// Seconds between windows.
     #[serde(default)]
     pub hop_secs: Option<f64>,
+    /// Skip windows that did not change (`gate.min_dbfs`, `gate.min_frame_diff`, `gate.min_imu_variance`):
+    /// the previous embedding and scores are reused instead of running the encoder.
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
 }
 
 fn default_v4l2_buffers() -> u32 {
@@ -103,6 +107,10 @@ pub struct GstreamerSourceConfig {
     /// Seconds between windows.
     #[serde(default)]
     pub hop_secs: Option<f64>,
+    /// Skip windows that did not change (`gate.min_dbfs`, `gate.min_frame_diff`, `gate.min_imu_variance`):
+    /// the previous embedding and scores are reused instead of running the encoder.
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
 }
 
 /// `type = "microphone"`: audio capture through cpal (docs in `sources::microphone`).
@@ -136,6 +144,10 @@ pub struct MicrophoneSourceConfig {
     /// Seconds between windows (default: half the window).
     #[serde(default)]
     pub hop_secs: Option<f64>,
+    /// Skip windows that did not change (`gate.min_dbfs`, `gate.min_frame_diff`, `gate.min_imu_variance`):
+    /// the previous embedding and scores are reused instead of running the encoder.
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
 }
 
 /// Sample formats a microphone can be opened with.
@@ -210,6 +222,10 @@ pub struct SerialSourceConfig {
     /// Seconds between windows (default: half the window).
     #[serde(default)]
     pub hop_secs: Option<f64>,
+    /// Skip windows that did not change (`gate.min_dbfs`, `gate.min_frame_diff`, `gate.min_imu_variance`):
+    /// the previous embedding and scores are reused instead of running the encoder.
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
 }
 
 fn default_time_unit() -> imu::TimeUnit {
@@ -294,6 +310,66 @@ impl WindowSpec {
     }
 }
 
+/// `gate`: skip windows that did not change since the last embedded window of the source. A gated window is not
+/// encoded: the source's previous embedding is reused and scored again (same prompts, same scores). The first
+/// window of a source is never gated, and a window is gated only against a window that was embedded. Each key
+/// applies to its modalities only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// audio: a window whose level (RMS, dB full scale; silence is -inf) is below this, after a last embedded window
+    /// that was below it too, is gated. E.g. -60.
+    #[serde(default)]
+    pub min_dbfs: Option<f64>,
+    /// vision, depth, thermal: a window whose frames differ from the last embedded window's by less than this mean
+    /// absolute difference is gated. A fraction: of full scale (255 for vision, the bit depth's maximum for
+    /// thermal) or of the mean depth (depth). E.g. 0.01.
+    #[serde(default)]
+    pub min_frame_diff: Option<f64>,
+    /// imu: a window whose largest per-channel variance (acc (m/s²)², gyro (rad/s)²) is below this, after a last
+    /// embedded window that was below it too, is gated. E.g. 0.001.
+    #[serde(default)]
+    pub min_imu_variance: Option<f64>,
+}
+
+impl GateConfig {
+    /// Value checks; keys are relative to the `gate` table.
+    pub fn validate(&self, modality: Modality, issues: &mut Scope<'_>) {
+        let applies = |key: &str, ok: bool, which: &str, issues: &mut Scope<'_>| {
+            if !ok {
+                issues.push(key, format!("applies to {which} sources only, not {modality}"));
+            }
+        };
+        if let Some(v) = self.min_dbfs {
+            applies("min_dbfs", modality == Modality::Audio, "audio", issues);
+            if !(v.is_finite() && (-200.0..=0.0).contains(&v)) {
+                issues.push("min_dbfs", format!("must be between -200 and 0 dB full scale, got {v}"));
+            }
+        }
+        if let Some(v) = self.min_frame_diff {
+            let frames = matches!(modality, Modality::Vision | Modality::Depth | Modality::Thermal);
+            applies("min_frame_diff", frames, "vision, depth and thermal", issues);
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                issues.push(
+                    "min_frame_diff",
+                    format!("must be a fraction above 0 and at most 1, got {v}"),
+                );
+            }
+        }
+        if let Some(v) = self.min_imu_variance {
+            applies("min_imu_variance", modality == Modality::Imu, "imu", issues);
+            if !(v.is_finite() && v > 0.0) {
+                issues.push("min_imu_variance", format!("must be a positive number, got {v}"));
+            }
+        }
+    }
+
+    /// True when no key is set (the gate never closes).
+    pub fn is_empty(&self) -> bool {
+        self.min_dbfs.is_none() && self.min_frame_diff.is_none() && self.min_imu_variance.is_none()
+    }
+}
+
 /// `type = "replay"`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -317,6 +393,10 @@ pub struct ReplaySourceConfig {
     /// Seconds between windows (default: half the window; depth/thermal/text: 1).
     #[serde(default)]
     pub hop_secs: Option<f64>,
+    /// Skip windows that did not change (`gate.min_dbfs`, `gate.min_frame_diff`, `gate.min_imu_variance`):
+    /// the previous embedding and scores are reused instead of running the encoder.
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
 }
 
 fn yes() -> bool {
@@ -367,6 +447,10 @@ pub struct SyntheticSourceConfig {
     /// Seconds between windows.
     #[serde(default)]
     pub hop_secs: Option<f64>,
+    /// Skip windows that did not change (`gate.min_dbfs`, `gate.min_frame_diff`, `gate.min_imu_variance`):
+    /// the previous embedding and scores are reused instead of running the encoder.
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
 }
 
 fn default_pattern() -> Pattern {
@@ -407,6 +491,18 @@ impl SourceConfig {
         }
     }
 
+    /// The entry's gate, if any.
+    pub fn gate(&self) -> Option<GateConfig> {
+        match self {
+            SourceConfig::Replay(c) => c.gate,
+            SourceConfig::Synthetic(c) => c.gate,
+            SourceConfig::Serial(c) => c.gate,
+            SourceConfig::V4l2(c) => c.gate,
+            SourceConfig::Gstreamer(c) => c.gate,
+            SourceConfig::Microphone(c) => c.gate,
+        }
+    }
+
     /// Window length and hop, with the per-modality defaults filled in.
     pub fn window(&self) -> WindowSpec {
         let (w, h) = match self {
@@ -439,6 +535,9 @@ impl SourceConfig {
                 "hop_secs",
                 format!("must be between 0.01 and 3600 seconds, got {}", w.hop_secs),
             );
+        }
+        if let Some(gate) = self.gate() {
+            gate.validate(self.modality(), &mut issues.scope("gate"));
         }
         match self {
             SourceConfig::Replay(c) => c.validate(issues),

@@ -170,6 +170,8 @@ pub struct SourceStats {
     /// Windows of this sensor scored against the prompts (counted by the controller; the systemd watchdog's
     /// measure of progress).
     pub windows_scored_total: AtomicU64,
+    /// Of those, windows a gate found unchanged, scored with the previous embedding (counted by the controller).
+    pub windows_gated_total: AtomicU64,
 }
 
 impl SourceStats {
