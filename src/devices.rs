@@ -88,6 +88,27 @@ pub struct Devices {
     pub microphones: Vec<CpalInput>,
     /// Serial ports.
     pub serial_ports: Vec<SerialPort>,
+    /// GPU adapters through wgpu (builds with the `wgpu` feature, on the real machine): what a `wgpu` backend
+    /// could run on. A CPU adapter (lavapipe, llvmpipe) runs compute shaders too, slowly.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuAdapter>,
+}
+
+/// A GPU adapter as wgpu reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuAdapter {
+    /// Adapter name (`NVIDIA Tegra Orin (nvgpu)`, `llvmpipe (LLVM 15.0.6, 256 bits)`).
+    pub name: String,
+    /// Driver name.
+    pub driver: String,
+    /// Driver version and details.
+    pub driver_info: String,
+    /// `discrete_gpu`, `integrated_gpu`, `virtual_gpu`, `cpu` or `other`.
+    pub device_type: String,
+    /// The graphics API (`vulkan`, `metal`, `dx12`, `gl`).
+    pub backend: String,
+    /// Whether shaders may use f16 (`shader-f16`).
+    pub shader_f16: bool,
 }
 
 fn read_trim(p: &Path) -> Option<String> {
@@ -182,7 +203,7 @@ pub fn list(root: &Path) -> Devices {
 /// Adds what the drivers report: camera modes (feature `v4l2`) and cpal inputs (feature `microphone`). Only for
 /// the real machine: it opens `/dev/video*` nodes read-only and asks the audio host for its devices.
 #[cfg_attr(
-    not(any(feature = "v4l2", feature = "microphone")),
+    not(any(feature = "v4l2", feature = "microphone", feature = "wgpu")),
     allow(unused_variables, reason = "nothing to query without the drivers")
 )]
 pub fn query_drivers(d: &mut Devices) {
@@ -210,6 +231,10 @@ pub fn query_drivers(d: &mut Devices) {
             },
         });
     }
+    #[cfg(feature = "wgpu")]
+    {
+        d.gpus = gpu_adapters();
+    }
     #[cfg(feature = "microphone")]
     {
         use cpal::traits::{DeviceTrait, HostTrait};
@@ -227,6 +252,33 @@ pub fn query_drivers(d: &mut Devices) {
             }
         }
     }
+}
+
+/// The adapters wgpu finds (`WGPU_BACKEND` and `WGPU_ADAPTER_NAME` are honoured).
+#[cfg(feature = "wgpu")]
+pub fn gpu_adapters() -> Vec<GpuAdapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .map(|a| {
+            let info = a.get_info();
+            GpuAdapter {
+                name: info.name,
+                driver: info.driver,
+                driver_info: info.driver_info,
+                device_type: match info.device_type {
+                    wgpu::DeviceType::DiscreteGpu => "discrete_gpu",
+                    wgpu::DeviceType::IntegratedGpu => "integrated_gpu",
+                    wgpu::DeviceType::VirtualGpu => "virtual_gpu",
+                    wgpu::DeviceType::Cpu => "cpu",
+                    wgpu::DeviceType::Other => "other",
+                }
+                .to_owned(),
+                backend: info.backend.to_str().to_owned(),
+                shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+            }
+        })
+        .collect()
 }
 
 /// A human-readable listing.
@@ -273,6 +325,20 @@ pub fn render(d: &Devices) -> String {
                 m.id,
                 m.name,
                 m.default_config.as_deref().unwrap_or("no default configuration")
+            ));
+        }
+    }
+    if !d.gpus.is_empty() {
+        out.push_str("GPU adapters (wgpu):\n");
+        for g in &d.gpus {
+            out.push_str(&format!(
+                "  {}  ({}, {}; driver {} {}; f16 {})\n",
+                g.name,
+                g.device_type,
+                g.backend,
+                g.driver,
+                g.driver_info,
+                if g.shader_f16 { "yes" } else { "no" }
             ));
         }
     }
