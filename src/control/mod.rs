@@ -19,6 +19,7 @@
 //! injected [`TimeSource`], so its tests run on scripted time.
 
 pub mod commands;
+pub mod evidence;
 pub mod payloads;
 pub mod reload;
 pub mod state;
@@ -273,6 +274,8 @@ pub struct Controller {
     zscores_saved: std::time::Instant,
     /// The configuration file running and what the last reload did.
     file: payloads::FileState,
+    /// `[evidence]`: the events with evidence in progress and the writer's queue (`None`: evidence is off).
+    evidence: Option<evidence::EvidenceState>,
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -314,7 +317,15 @@ impl Controller {
             time: Arc::new(ProcessTime),
             pending: None,
             queued: VecDeque::new(),
+            evidence: None,
         }
+    }
+
+    /// Writes evidence of events through `setup` (`None`: none).
+    #[must_use]
+    pub fn with_evidence(mut self, setup: Option<evidence::EvidenceSetup>) -> Self {
+        self.evidence = setup.map(evidence::EvidenceState::new);
+        self
     }
 
     /// Sends `cmd` `reload` requests to `requests` (the supervisor).
@@ -471,8 +482,9 @@ impl Controller {
                 start_time: ev.start_time,
                 end: Some(end),
                 cause: None,
+                evidence: None,
             };
-            self.publish_event(facts);
+            let _ = self.publish_event(facts);
             tracing::info!(event = %id, "Closed an event left open by the previous run.");
         }
     }
@@ -486,10 +498,11 @@ impl Controller {
     }
 
     /// Publishes one `event/1` message.
-    fn publish_event(&self, facts: EventFacts) {
+    fn publish_event(&self, facts: EventFacts) -> Option<serde_json::Value> {
         let topic = self.s.topics.events(&facts.subject.sensor, &facts.subject.label);
         let payload = payloads::event(self.publisher(), self.wall_ts(), facts);
         self.send(payloads::json_message(topic, &payload, OutMessage::event));
+        serde_json::to_value(&payload).ok()
     }
 
     /// Remembers a deleted label so its Home Assistant entities are removed (kept for the process lifetime so a
@@ -687,6 +700,9 @@ impl Controller {
                 };
                 self.emit(&key, &tr, Some(cause));
             }
+            if let (Some(ev), Some(id)) = (self.evidence.as_mut(), self.trackers.get(&key).and_then(|s| s.event_id.as_deref())) {
+                ev.score(id, w.seq, w.t1, ls.score);
+            }
         }
         self.fuse(&sensor.name, t, &scores, times, &w.model);
         self.maybe_embedding(w, &sensor);
@@ -851,8 +867,9 @@ impl Controller {
             start_time: start_time.clone(),
             end,
             cause,
+            evidence: None,
         };
-        self.publish_event(facts);
+        self.publish_with_evidence(facts, tr, prompt.map(|p| &p.config));
         // The state file knows the open events, so a crash can be followed by their end.
         let open = &mut self.s.state.state.open_events;
         if tr.kind == TransitionKind::End {
@@ -875,6 +892,60 @@ impl Controller {
             self.save_state();
         }
         self.refresh_label_state(label);
+    }
+
+    /// Publishes an event message; with evidence on, attaches the event's `evidence` and queues its jobs.
+    fn publish_with_evidence(
+        &mut self,
+        mut facts: EventFacts,
+        tr: &Transition,
+        prompt: Option<&crate::labels::PromptConfig>,
+    ) {
+        let modality = self.s.sensors.iter().find(|s| s.name == facts.subject.sensor).map(|s| s.modality);
+        let (Some(ev), Some(modality)) = (self.evidence.as_mut(), modality) else {
+            self.publish_event(facts);
+            return;
+        };
+        let id = facts.id.clone();
+        if tr.kind != TransitionKind::Start {
+            facts.evidence = ev.describe(&id, tr.kind == TransitionKind::End);
+        }
+        let (sensor, label) = (facts.subject.sensor.clone(), facts.subject.label.clone());
+        let params = ev.params(modality, prompt);
+        let payload = self.publish_event(facts);
+        let (Some(ev), Some(payload)) = (self.evidence.as_mut(), payload) else {
+            return;
+        };
+        match tr.kind {
+            TransitionKind::Start => {
+                if let Some(p) = params {
+                    ev.started(&id, &sensor, &label, modality, p, tr.started_at, payload);
+                }
+            }
+            TransitionKind::Update => {}
+            TransitionKind::End => ev.ended(&id, tr.at, payload),
+        }
+    }
+
+    /// Evidence on every tick: clips that are due are queued, and a snapshot just written is announced with an
+    /// `update`.
+    fn evidence_tick(&mut self, now: Duration) {
+        let Some(ev) = self.evidence.as_mut() else { return };
+        for id in ev.tick(now) {
+            let Some(key) = self
+                .trackers
+                .iter()
+                .find(|(_, slot)| slot.event_id.as_deref() == Some(id.as_str()))
+                .map(|(k, _)| k.clone())
+            else {
+                continue;
+            };
+            let Some(slot) = self.trackers.get_mut(&key) else { continue };
+            let at = slot.last_t.max(now);
+            if let Some(tr) = slot.tracker.announce(at) {
+                self.emit(&key, &tr, None);
+            }
+        }
     }
 
     fn count_transition(&self, tr: &Transition, id: &str, label: &str) {
@@ -958,6 +1029,7 @@ impl Controller {
                 self.emit(&key, &tr, None);
             }
         }
+        self.evidence_tick(now);
     }
 
     fn shutdown(&mut self) {

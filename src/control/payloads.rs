@@ -232,6 +232,9 @@ pub struct EventMessage {
     pub model: Option<String>,
     /// Prompt-set revision.
     pub config_rev: u64,
+    /// The event's evidence on disk (`update` and `end` of events with `[evidence]`; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<super::evidence::EvidenceRef>,
 }
 
 /// The sensor and label an event is about.
@@ -281,6 +284,8 @@ pub struct EventFacts {
     pub end: Option<EventEnd>,
     /// The window that caused the message, if one did.
     pub cause: Option<WindowCause>,
+    /// The event's evidence, when it has some.
+    pub evidence: Option<super::evidence::EvidenceRef>,
 }
 
 /// A window that caused an event message.
@@ -334,6 +339,7 @@ pub fn event(by: Publisher<'_>, ts: String, f: EventFacts) -> EventMessage {
         session: by.session,
         model,
         config_rev: by.config_rev,
+        evidence: f.evidence,
     }
 }
 

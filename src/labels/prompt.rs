@@ -71,6 +71,9 @@ pub struct PromptConfig {
     /// state directory; no event before `labels.zscore_warmup_windows` windows). `threshold` is on that scale.
     #[serde(default, skip_serializing_if = "ScoreMode::is_softmax")]
     pub mode: ScoreMode,
+    /// Overrides of `[evidence]` for this prompt's events (`enabled`, `pre_secs`, `post_secs`, `max_clip_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::evidence::EvidenceOverride>,
 }
 
 /// What a prompt is for.
@@ -154,6 +157,7 @@ impl PromptConfig {
             device_class: None,
             role: PromptRole::Label,
             mode: ScoreMode::Softmax,
+            evidence: None,
         }
     }
 

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub prompt_cache_evictions: Arc<AtomicU64>,
     /// Configuration reloads.
     pub reloads: Arc<ReloadStats>,
+    /// `[evidence]`: the writer's counters and the sensors' histories (none when evidence is off).
+    pub evidence: Option<(Arc<crate::evidence::writer::EvidenceStats>, Arc<crate::evidence::history::Histories>)>,
 }
 
 impl Metrics {

@@ -310,6 +310,8 @@ pub struct SourceStages {
     prepare: PrepareContext,
     /// Each source thread holds a sender of [`AllSourcesDone`]; this one does not keep the channel open.
     done: tokio::sync::mpsc::WeakSender<()>,
+    /// With evidence on: each window stage also feeds its sensor's history ring.
+    pub history: Option<super::evidence::HistoryMaker>,
 }
 
 /// Closes when every source thread has ended (each holds a sender; nothing is ever sent).
@@ -365,6 +367,7 @@ pub fn start_sources(
     tokenizer: Option<Arc<Tokenizer>>,
     queues: &WindowQueues,
     metrics: &Metrics,
+    history: Option<super::evidence::HistoryMaker>,
 ) -> anyhow::Result<(SourceStages, AllSourcesDone)> {
     let cfg = &loaded.config;
     // Never sent on: closed when every source thread has dropped its sender.
@@ -377,6 +380,7 @@ pub fn start_sources(
             tokenizer,
         },
         done: done_tx.downgrade(),
+        history,
     };
     for sc in &cfg.sources {
         // A source that cannot start stops those already started (their threads end by themselves).
@@ -441,6 +445,7 @@ pub fn start_source(
         counters: Arc::clone(&counters),
         source_done: Arc::clone(&source_done),
         enabled,
+        history: stages.history.as_ref().map(|h| h.make(sc, &cfg.preprocess)),
     };
     let (window_tracked, window_guard) = Tracked::new(format!("window-{name}"));
     let window_thread = std::thread::Builder::new()
@@ -496,6 +501,8 @@ struct WindowStage {
     counters: Arc<SourceCounters>,
     source_done: Arc<AtomicBool>,
     enabled: Arc<AtomicBool>,
+    /// The sensor's history for evidence (a frame is an `Arc` clone; see `evidence::history`).
+    history: Option<Arc<crate::evidence::history::History>>,
 }
 
 impl WindowStage {
@@ -508,6 +515,9 @@ impl WindowStage {
             let finished = self.source_done.load(Ordering::SeqCst);
             let n = self.consumer.drain_into(&mut samples);
             for s in samples.drain(..) {
+                if let Some(h) = &self.history {
+                    h.push(s.clone());
+                }
                 cutter.push(s, &mut raws);
             }
             if !self.enabled.load(Ordering::Relaxed) {
