@@ -89,6 +89,27 @@ impl EvidenceState {
         (p.enabled && clip_name(modality).is_some()).then_some(p)
     }
 
+    /// The (sensor, label, content type) pairs whose snapshots are published retained (Home Assistant `image`s).
+    pub(super) fn snapshot_pairs<'a>(
+        &self,
+        sensors: impl Iterator<Item = (&'a str, Modality)>,
+        prompts: &crate::labels::PromptSet,
+    ) -> Vec<(String, String, &'static str)> {
+        let mut out = Vec::new();
+        for (sensor, modality) in sensors {
+            if !is_image(modality) || !self.setup.config.publish_snapshots.contains(&modality) {
+                continue;
+            }
+            let content_type = if modality == Modality::Vision { "image/jpeg" } else { "image/png" };
+            for p in prompts.labels() {
+                if p.config.applies_to(modality, sensor) && self.params(modality, Some(&p.config)).is_some() {
+                    out.push((sensor.to_owned(), p.id.clone(), content_type));
+                }
+            }
+        }
+        out
+    }
+
     fn job(&self, id: &str, o: &Open, kind: JobKind, end: Option<serde_json::Value>) -> Job {
         Job {
             id: id.to_owned(),
@@ -150,9 +171,9 @@ impl EvidenceState {
     }
 
     fn clip_span(o: &Open, until: Duration) -> (Timestamp, Timestamp) {
-        let from = o.started_at.saturating_sub(Duration::from_secs_f64(o.params.pre_secs));
-        let post = o.started_at + Duration::from_secs_f64(o.params.post_secs);
-        let longest = from + Duration::from_secs_f64(o.params.max_clip_secs);
+        let from = o.started_at.saturating_sub(crate::events::duration_from_secs(o.params.pre_secs));
+        let post = o.started_at + crate::events::duration_from_secs(o.params.post_secs);
+        let longest = from + crate::events::duration_from_secs(o.params.max_clip_secs);
         (ts(from), ts(until.min(post).min(longest)))
     }
 
@@ -194,7 +215,7 @@ impl EvidenceState {
         let mut due = Vec::new();
         let mut announce = Vec::new();
         for (id, o) in &mut self.open {
-            if !o.clip_queued && now >= o.started_at + Duration::from_secs_f64(o.params.post_secs) {
+            if !o.clip_queued && now >= o.started_at + crate::events::duration_from_secs(o.params.post_secs) {
                 due.push(id.clone());
             }
             if !o.snapshot_announced

@@ -631,6 +631,10 @@ impl Controller {
                 .filter(|r| !self.s.sensors.iter().any(|s| s.name == **r))
                 .cloned()
                 .collect(),
+            images: self.evidence.as_ref().map_or_else(Vec::new, |ev| {
+                let pairs = self.s.sensors.iter().map(|s| (s.name.as_str(), s.modality));
+                ev.snapshot_pairs(pairs, &current)
+            }),
         });
         let topic = format!("{}/device/{}/config", ha.discovery_prefix, self.s.device);
         self.push_retained(topic, &payload);

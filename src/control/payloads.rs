@@ -781,6 +781,8 @@ pub enum Platform {
     BinarySensor,
     /// Switch.
     Switch,
+    /// Image (evidence snapshots).
+    Image,
 }
 
 /// Home Assistant entity categories.
@@ -822,12 +824,29 @@ pub struct HaEntity {
     pub pl_off: &'static str,
 }
 
+/// An `image` entity: the retained snapshot topic of a (sensor, label) pair.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HaImage {
+    /// Platform (`image`).
+    pub p: Platform,
+    /// Unique id.
+    pub unique_id: String,
+    /// Entity name.
+    pub name: String,
+    /// The retained snapshot topic (raw image bytes).
+    pub image_topic: String,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: &'static str,
+}
+
 /// A discovery component: an entity, or a removal stub with only its platform.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum HaComponent {
     /// An entity.
     Entity(Box<HaEntity>),
+    /// An image (the latest evidence snapshot of a camera and label).
+    Image(Box<HaImage>),
     /// Removes the entity of this id.
     Removed {
         /// Platform.
@@ -902,6 +921,8 @@ pub struct DiscoveryInput<'a> {
     pub sensors: Vec<String>,
     /// Sensors removed by a reload (their entities are removed).
     pub removed_sensors: Vec<String>,
+    /// (sensor, label, content type) pairs whose evidence snapshots are published: one `image` each.
+    pub images: Vec<(String, String, &'static str)>,
 }
 
 fn switch(device: &str, component: &str, name: String, cmd_t: String, stat_t: String) -> HaComponent {
@@ -991,6 +1012,17 @@ pub fn discovery(d: DiscoveryInput<'_>) -> Discovery {
             component.clone(),
             switch(id, &component, format!("{sensor} enabled"), set, state),
         );
+    }
+    for (sensor, label, content_type) in d.images {
+        let component = format!("snapshot-{sensor}-{label}");
+        let image = HaImage {
+            p: Platform::Image,
+            unique_id: format!("{id}_{component}"),
+            name: format!("{sensor} {label} snapshot"),
+            image_topic: t.snapshot(&sensor, &label),
+            content_type,
+        };
+        cmps.insert(component, HaComponent::Image(Box::new(image)));
     }
     let sw = env!("CARGO_PKG_VERSION");
     Discovery {
@@ -1168,6 +1200,53 @@ pub struct StatsMessage {
     pub events: EventStatsEntry,
     /// Configuration reloads.
     pub reloads: ReloadStatsEntry,
+    /// Event evidence (absent when no event writes evidence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceStatsEntry>,
+}
+
+/// `stats/1` `evidence`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvidenceStatsEntry {
+    /// Jobs accepted by the writer's queue.
+    pub jobs_total: u64,
+    /// Jobs refused because the queue was full (that evidence is skipped).
+    pub skipped_total: u64,
+    /// Files written.
+    pub files_total: u64,
+    /// Bytes written.
+    pub bytes_written_total: u64,
+    /// Jobs or retention passes that failed (full or read-only disk, nothing in the history).
+    pub errors_total: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Events deleted by retention.
+    pub deleted_total: u64,
+    /// Bytes under the evidence root.
+    pub bytes_on_disk: u64,
+    /// Events under the evidence root.
+    pub events_on_disk: u64,
+    /// Snapshots published retained.
+    pub snapshots_published_total: u64,
+    /// Snapshots over `snapshot_max_bytes`, not published.
+    pub snapshots_oversize_total: u64,
+    /// Writing time, milliseconds in all.
+    pub write_ms_total: u64,
+    /// Per sensor: its history ring.
+    pub history: BTreeMap<String, HistoryStatsEntry>,
+}
+
+/// `stats/1` `evidence.history.{sensor}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryStatsEntry {
+    /// Bytes held now.
+    pub bytes: u64,
+    /// Bytes pushed since start (its rate is the history's bytes per second).
+    pub bytes_total: u64,
+    /// Samples pushed.
+    pub samples_total: u64,
+    /// Samples dropped early because the ring reached `history_max_bytes`.
+    pub dropped_total: u64,
 }
 
 /// `stats/1` `reloads`.

@@ -72,6 +72,7 @@ impl Collector for Page {
             mqtt(e, m)?;
             events(e, m)?;
             reloads(e, m)?;
+            evidence(e, m)?;
         }
         Ok(())
     }
@@ -486,6 +487,36 @@ fn reloads(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> fmt::Result {
         "sensebind_reload_last_duration_seconds",
         "Duration of the last applied reload, from the request to the new configuration live.",
         one(read(&r.last_duration_ms) as f64 / 1e3),
+    )
+}
+
+fn evidence(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> fmt::Result {
+    let Some((s, histories)) = &m.evidence else {
+        return Ok(());
+    };
+    counter(
+        e,
+        "sensebind_evidence_jobs",
+        "Evidence jobs, by result (skipped: the writer's queue was full; failed: the write or encoding failed).",
+        [
+            ([("result", "accepted")], read(&s.jobs_total)),
+            ([("result", "skipped")], read(&s.skipped_total)),
+            ([("result", "failed")], read(&s.errors_total)),
+        ],
+    )?;
+    counter(e, "sensebind_evidence_written_bytes", "Evidence bytes written.", one(read(&s.bytes_written_total)))?;
+    counter(e, "sensebind_evidence_deleted_events", "Events deleted by evidence retention.", one(read(&s.deleted_total)))?;
+    gauge(e, "sensebind_evidence_disk_bytes", "Bytes under the evidence root.", one(read(&s.bytes_on_disk)))?;
+    let all = histories.all();
+    let rows = |f: fn(&crate::evidence::history::HistoryStats) -> u64| {
+        all.iter().map(move |(n, h)| ([("component_id", n.as_str())], f(&h.stats))).collect::<Vec<_>>()
+    };
+    gauge(e, "sensebind_history_bytes", "Bytes held by the sensor's history ring.", rows(|s| read(&s.bytes)))?;
+    counter(
+        e,
+        "sensebind_history_dropped_samples",
+        "Samples dropped from a history ring before history_secs because it reached history_max_bytes.",
+        rows(|s| read(&s.dropped_total)),
     )
 }
 
