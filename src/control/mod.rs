@@ -502,7 +502,10 @@ impl Controller {
         let topic = self.s.topics.events(&facts.subject.sensor, &facts.subject.label);
         let payload = payloads::event(self.publisher(), self.wall_ts(), facts);
         self.send(payloads::json_message(topic, &payload, OutMessage::event));
-        serde_json::to_value(&payload).ok()
+        // Through the text, so that `event.json` holds exactly what was published (f32 scores as printed).
+        serde_json::to_vec(&payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Remembers a deleted label so its Home Assistant entities are removed (kept for the process lifetime so a

@@ -172,8 +172,8 @@ impl EvidenceConfig {
         if self.history_max_bytes < 1 << 20 {
             issues.push("history_max_bytes", format!("must be at least 1 MiB, got {}", self.history_max_bytes));
         }
-        if self.max_bytes < 1 << 20 {
-            issues.push("max_bytes", format!("must be at least 1 MiB, got {}", self.max_bytes));
+        if self.max_bytes < 64 << 10 {
+            issues.push("max_bytes", format!("must be at least 64 KiB (65536), got {}", self.max_bytes));
         }
     }
 }

@@ -259,13 +259,7 @@ impl Writer {
         while let Some(job) = queue.pop() {
             let started = std::time::Instant::now();
             if let Err(e) = self.handle(&job, &queue.index, &stats) {
-                let n = stats.errors_total.fetch_add(1, Ordering::Relaxed);
-                if n % 100 == 0 {
-                    tracing::error!(event = %job.id, error = %e, errors = n + 1, "Cannot write event evidence; the event's messages are published without it.");
-                }
-                if let Ok(mut last) = stats.last_error.lock() {
-                    *last = Some(format!("{}: {e}", job.id));
-                }
+                fail(&stats, &job.id, &e);
             }
             self.prune(&stats);
             let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -280,10 +274,11 @@ impl Writer {
                 stats.bytes_on_disk.store(p.bytes_left, Ordering::Relaxed);
                 stats.events_on_disk.store(p.events_left, Ordering::Relaxed);
             }
-            Err(e) => {
-                stats.errors_total.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(root = %self.store.root().display(), error = %e, "Cannot apply evidence retention.");
+            // A root that cannot be listed: the jobs fail too, and are counted there.
+            Err(e) if stats.errors_total.load(Ordering::Relaxed) > 0 => {
+                tracing::debug!(root = %self.store.root().display(), error = %e, "Cannot apply evidence retention.");
             }
+            Err(e) => fail(stats, "retention", &format!("{}: {e}", self.store.root().display())),
         }
     }
 
@@ -523,6 +518,17 @@ fn raw_frames_clip(samples: &[Sample], from: Timestamp, unit_m: f64, e: &mut Enc
     e.add("clip/frames.csv", csv.into_bytes());
     e.clip = Some("clip/frames.csv".into());
     Ok(())
+}
+
+/// Counts a failure, keeps it as `last_error`, and logs the first and every 100th.
+fn fail(stats: &EvidenceStats, what: &str, error: &str) {
+    let n = stats.errors_total.fetch_add(1, Ordering::Relaxed);
+    if n % 100 == 0 {
+        tracing::error!(event = %what, error = %error, errors = n + 1, "Cannot write event evidence; the event's messages are published without it (further errors are counted in stats).");
+    }
+    if let Ok(mut last) = stats.last_error.lock() {
+        *last = Some(format!("{what}: {error}"));
+    }
 }
 
 /// Files a job produced.
