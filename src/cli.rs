@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod evidence;
+
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
@@ -96,6 +98,9 @@ pub enum Command {
     /// capture PCMs and cpal device ids) and serial ports with their stable `/dev/serial/by-id/` links. Nothing
     /// is streamed.
     Devices(DevicesArgs),
+    /// Event evidence on this device (`[evidence]`): list the events with snapshots and clips, show one event's
+    /// record (`event.json`), or apply retention now (`prune`).
+    Evidence(evidence::EvidenceArgs),
 }
 
 /// `sensebind devices`
@@ -536,6 +541,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Tokenize(args) => tokenize_cmd(&args),
         Command::Label(args) => label_cmd(&args),
         Command::Eval(args) => eval_cmd(&args),
+        Command::Evidence(args) => evidence::run(&args),
         Command::Devices(args) => {
             let mut found = crate::devices::list(&args.root);
             if args.root == std::path::Path::new("/") {

@@ -299,6 +299,29 @@ fn retention_keeps_the_evidence_root_under_max_bytes_over_many_events() {
         .collect();
     let last_end = events(&msgs, dev, "end").last().unwrap()["id"].as_str().unwrap().to_owned();
     assert!(kept.contains(&last_end), "{last_end} not in {kept:?}");
+
+    // The field engineer's view: `sensebind evidence list|show|prune` on the same configuration.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sensebind"))
+            .arg("evidence")
+            .arg("--config")
+            .arg(tmp.path().join(format!("{dev}.toml")))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed: serde_json::Value = serde_json::from_str(&cli(&["list", "--json"])).unwrap();
+    let mut ids: Vec<String> = listed.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let mut kept = kept;
+    (ids.sort(), kept.sort());
+    assert_eq!(ids, kept);
+    let shown: serde_json::Value = serde_json::from_str(&cli(&["show", &last_end])).unwrap();
+    assert_eq!(shown["end"]["id"], last_end.as_str());
+    let pruned = cli(&["prune", "--max-bytes", "0"]);
+    assert!(pruned.starts_with(&format!("deleted {} events", kept.len())), "{pruned}");
+    assert_eq!(dir_bytes(&root), 0);
 }
 
 #[test]
