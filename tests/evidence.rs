@@ -15,7 +15,15 @@ use common::{Daemon, Mosquitto, Received, Subscriber, daemon_config, imu_config,
 /// `ffprobe`'s view of a media file: `stream.KEY` and `format.KEY` as strings.
 fn ffprobe(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format", "-count_frames"])
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+            "-count_frames",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe is installed (tools/install-deps: ffmpeg)");
@@ -49,7 +57,11 @@ fn events(msgs: &[Received], dev: &str, kind: &str) -> Vec<serde_json::Value> {
 
 fn last_stats(msgs: &[Received], dev: &str) -> serde_json::Value {
     let topic = format!("sensebind/{dev}/stats");
-    msgs.iter().rev().find(|m| m.topic == topic).map(Received::json).expect("a stats message")
+    msgs.iter()
+        .rev()
+        .find(|m| m.topic == topic)
+        .map(Received::json)
+        .expect("a stats message")
 }
 
 fn gray(path: &Path) -> sensebind::preprocess::image::GrayImage {
@@ -67,11 +79,31 @@ fn every_modality(url: &str, state: &Path) -> String {
         )
     };
     let sources = [
-        replay("cam0", "vision", "carphone_pristine.mp4", "window_secs = 2.0\nhop_secs = 1.0"),
+        replay(
+            "cam0",
+            "vision",
+            "carphone_pristine.mp4",
+            "window_secs = 2.0\nhop_secs = 1.0",
+        ),
         replay("mic0", "audio", "loop_amen.flac", "window_secs = 2.0\nhop_secs = 1.0"),
-        replay("depth0", "depth", "motorcycle_depth_mm_uint16.png", "rate_hz = 2.0\nhop_secs = 1.0"),
-        replay("ir0", "thermal", "flir_e60_moving_car_CC0.raw16.png", "rate_hz = 2.0\nhop_secs = 1.0"),
-        replay("imu0", "imu", "xsens_walking_lowerLeg_120Hz.txt", "window_secs = 2.0\nhop_secs = 1.0"),
+        replay(
+            "depth0",
+            "depth",
+            "motorcycle_depth_mm_uint16.png",
+            "rate_hz = 2.0\nhop_secs = 1.0",
+        ),
+        replay(
+            "ir0",
+            "thermal",
+            "flir_e60_moving_car_CC0.raw16.png",
+            "rate_hz = 2.0\nhop_secs = 1.0",
+        ),
+        replay(
+            "imu0",
+            "imu",
+            "xsens_walking_lowerLeg_120Hz.txt",
+            "window_secs = 2.0\nhop_secs = 1.0",
+        ),
     ]
     .concat();
     daemon_config(
@@ -120,12 +152,20 @@ fn every_modality_leaves_evidence_that_decodes_and_matches_the_messages() {
     let mut d = Daemon::start(tmp.path(), dev, &every_modality(&broker.url(), &state), &[]);
     // Each sensor's event ends after 3 s; its clip is written right after.
     let ended = |m: &[Received]| events(m, dev, "end").len() >= 5;
-    assert!(sub.wait_for(Duration::from_secs(90), ended), "not every event ended:\n{}", d.log());
+    assert!(
+        sub.wait_for(Duration::from_secs(90), ended),
+        "not every event ended:\n{}",
+        d.log()
+    );
     let root = state.join("evidence");
     let clips_written = || {
-        ["1-cam0-thing-1/clip.avi", "1-mic0-thing-1/clip.wav", "1-imu0-thing-1/clip.csv"]
-            .iter()
-            .all(|f| root.join(f).exists())
+        [
+            "1-cam0-thing-1/clip.avi",
+            "1-mic0-thing-1/clip.wav",
+            "1-imu0-thing-1/clip.csv",
+        ]
+        .iter()
+        .all(|f| root.join(f).exists())
             && ["1-depth0-thing-1", "1-ir0-thing-1"]
                 .iter()
                 .all(|e| root.join(e).join("clip/frames.csv").exists())
@@ -151,12 +191,18 @@ fn every_modality_leaves_evidence_that_decodes_and_matches_the_messages() {
     let probe = ffprobe(&root.join("1-cam0-thing-1/clip.avi"));
     let video = &probe["streams"][0];
     assert_eq!(video["codec_name"], "mjpeg");
-    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(176), Some(144)));
+    assert_eq!(
+        (video["width"].as_u64(), video["height"].as_u64()),
+        (Some(176), Some(144))
+    );
     let fps = num(&video["r_frame_rate"]);
     assert!((fps - 29.97).abs() < 1.5, "frame rate {fps}");
     let expected = cam["duration_s"].as_f64().unwrap() + 1.0;
     let duration = num(&probe["format"]["duration"]);
-    assert!((duration - expected).abs() < 0.3, "clip {duration} s, event + pre-roll {expected} s");
+    assert!(
+        (duration - expected).abs() < 0.3,
+        "clip {duration} s, event + pre-roll {expected} s"
+    );
     let frames = num(&video["nb_read_frames"]);
     assert!((frames - expected * fps).abs() < 10.0, "{frames} frames");
     let snap = ffprobe(&root.join("1-cam0-thing-1/snapshot.jpg"));
@@ -164,7 +210,10 @@ fn every_modality_leaves_evidence_that_decodes_and_matches_the_messages() {
     assert_eq!(snap["streams"][0]["width"].as_u64(), Some(176));
     // The update sent once the snapshot existed.
     let updates = events(&msgs, dev, "update");
-    let cam_update = updates.iter().find(|u| u["sensor"] == "cam0").expect("an update with the snapshot");
+    let cam_update = updates
+        .iter()
+        .find(|u| u["sensor"] == "cam0")
+        .expect("an update with the snapshot");
     assert_eq!(cam_update["evidence"]["snapshot"], "1-cam0-thing-1/snapshot.jpg");
 
     // Audio: WAV at the device rate (44.1 kHz, the captured channel).
@@ -176,15 +225,24 @@ fn every_modality_leaves_evidence_that_decodes_and_matches_the_messages() {
     assert_eq!(audio["channels"].as_u64(), Some(1));
     let expected = mic["duration_s"].as_f64().unwrap() + 1.0;
     let duration = num(&probe["format"]["duration"]);
-    assert!((duration - expected).abs() < 0.3, "wav {duration} s, expected {expected} s");
+    assert!(
+        (duration - expected).abs() < 0.3,
+        "wav {duration} s, expected {expected} s"
+    );
 
     // Depth and thermal: false colour decodes; the raw PNG holds the source frame's values.
-    for (sensor, source) in [("depth0", "motorcycle_depth_mm_uint16.png"), ("ir0", "flir_e60_moving_car_CC0.raw16.png")] {
+    for (sensor, source) in [
+        ("depth0", "motorcycle_depth_mm_uint16.png"),
+        ("ir0", "flir_e60_moving_car_CC0.raw16.png"),
+    ] {
         let dir = root.join(format!("1-{sensor}-thing-1"));
         let src = gray(&common::root().join("tests/fixtures/media").join(source));
         let raw = gray(&dir.join("snapshot-raw.png"));
         assert_eq!((raw.width, raw.height, raw.bit_depth), (src.width, src.height, 16));
-        assert!(raw.samples == src.samples, "{sensor}: raw values differ from the source frame");
+        assert!(
+            raw.samples == src.samples,
+            "{sensor}: raw values differ from the source frame"
+        );
         let colour = std::fs::read(dir.join("snapshot.png")).unwrap();
         let rgb = sensebind::preprocess::image::decode_rgb(&colour, "snapshot.png").unwrap();
         assert_eq!((rgb.width, rgb.height), (src.width, src.height));
@@ -197,12 +255,20 @@ fn every_modality_leaves_evidence_that_decodes_and_matches_the_messages() {
     // IMU: CSV with capture times, at the recording's 120 Hz.
     let imu = end_of("imu0");
     let csv = std::fs::read_to_string(root.join("1-imu0-thing-1/clip.csv")).unwrap();
-    let times: Vec<f64> = csv.lines().skip(1).map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
+    let times: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
     assert!(times.windows(2).all(|w| w[1] > w[0]), "times increase");
     let expected = imu["duration_s"].as_f64().unwrap() + 1.0;
     let span = times.last().unwrap() - times[0];
     assert!((span - expected).abs() < 0.3, "imu clip {span} s, expected {expected}");
-    assert!(((times.len() as f64) / span - 120.0).abs() < 5.0, "{} readings in {span} s", times.len());
+    assert!(
+        ((times.len() as f64) / span - 120.0).abs() < 5.0,
+        "{} readings in {span} s",
+        times.len()
+    );
 
     // event.json: the start and end exactly as published, and the windows' scores.
     let starts = events(&msgs, dev, "start");
@@ -218,9 +284,15 @@ fn every_modality_leaves_evidence_that_decodes_and_matches_the_messages() {
 
     // The retained snapshots: a JPEG for the camera, a PNG for depth (listed in publish_snapshots), none for ir0.
     let snaps = late.snapshot();
-    let cam_snap = snaps.iter().find(|m| m.topic == format!("sensebind/{dev}/snapshot/cam0/thing")).unwrap();
+    let cam_snap = snaps
+        .iter()
+        .find(|m| m.topic == format!("sensebind/{dev}/snapshot/cam0/thing"))
+        .unwrap();
     assert!(cam_snap.retain && cam_snap.payload.starts_with(&[0xFF, 0xD8]));
-    let depth_snap = snaps.iter().find(|m| m.topic.ends_with("/snapshot/depth0/thing")).unwrap();
+    let depth_snap = snaps
+        .iter()
+        .find(|m| m.topic.ends_with("/snapshot/depth0/thing"))
+        .unwrap();
     assert!(depth_snap.payload.starts_with(b"\x89PNG"));
     assert!(!snaps.iter().any(|m| m.topic.contains("/ir0/")));
 
@@ -248,7 +320,11 @@ fn dir_bytes(dir: &Path) -> u64 {
         .flatten()
         .map(|e| {
             let meta = e.metadata().unwrap();
-            if meta.is_dir() { dir_bytes(&e.path()) } else { meta.len() }
+            if meta.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                meta.len()
+            }
         })
         .sum()
 }
@@ -266,8 +342,14 @@ fn retention_keeps_the_evidence_root_under_max_bytes_over_many_events() {
         "\n[evidence]\nenabled = true\npre_secs = 1.0\npost_secs = 2.0\nmax_bytes = {max_bytes}\npath = {}\n",
         toml_str(&root)
     );
-    let text = imu_config(dev, &broker.url(), &tmp.path().join("state"), "", &walking_not_still(0.4))
-        .replace("\n[events]", &format!("{evidence}\n[events]"));
+    let text = imu_config(
+        dev,
+        &broker.url(),
+        &tmp.path().join("state"),
+        "",
+        &walking_not_still(0.4),
+    )
+    .replace("\n[events]", &format!("{evidence}\n[events]"));
     let mut d = Daemon::start(tmp.path(), dev, &text, &[]);
     let mut max_seen = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -297,7 +379,10 @@ fn retention_keeps_the_evidence_root_under_max_bytes_over_many_events() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let last_end = events(&msgs, dev, "end").last().unwrap()["id"].as_str().unwrap().to_owned();
+    let last_end = events(&msgs, dev, "end").last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(kept.contains(&last_end), "{last_end} not in {kept:?}");
 
     // The field engineer's view: `sensebind evidence list|show|prune` on the same configuration.
@@ -309,18 +394,30 @@ fn retention_keeps_the_evidence_root_under_max_bytes_over_many_events() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let listed: serde_json::Value = serde_json::from_str(&cli(&["list", "--json"])).unwrap();
-    let mut ids: Vec<String> = listed.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let mut ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     let mut kept = kept;
     (ids.sort(), kept.sort());
     assert_eq!(ids, kept);
     let shown: serde_json::Value = serde_json::from_str(&cli(&["show", &last_end])).unwrap();
     assert_eq!(shown["end"]["id"], last_end.as_str());
     let pruned = cli(&["prune", "--max-bytes", "0"]);
-    assert!(pruned.starts_with(&format!("deleted {} events", kept.len())), "{pruned}");
+    assert!(
+        pruned.starts_with(&format!("deleted {} events", kept.len())),
+        "{pruned}"
+    );
     assert_eq!(dir_bytes(&root), 0);
 }
 
@@ -343,16 +440,32 @@ fn an_unwritable_evidence_root_counts_errors_and_every_event_is_still_published(
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
         ro
     };
-    let evidence = format!("\n[evidence]\nenabled = true\npre_secs = 0.5\npost_secs = 1.0\npath = {}\n", toml_str(&root));
-    let text = imu_config(dev, &broker.url(), &tmp.path().join("state"), "", &walking_not_still(0.5))
-        .replace("\n[events]", &format!("{evidence}\n[events]"));
+    let evidence = format!(
+        "\n[evidence]\nenabled = true\npre_secs = 0.5\npost_secs = 1.0\npath = {}\n",
+        toml_str(&root)
+    );
+    let text = imu_config(
+        dev,
+        &broker.url(),
+        &tmp.path().join("state"),
+        "",
+        &walking_not_still(0.5),
+    )
+    .replace("\n[events]", &format!("{evidence}\n[events]"));
     let mut d = Daemon::start(tmp.path(), dev, &text, &[]);
     let errors = |m: &[Received]| {
         let topic = format!("sensebind/{dev}/stats");
         events(m, dev, "end").len() >= 3
-            && m.iter().rev().find(|x| x.topic == topic).is_some_and(|s| s.json()["evidence"]["errors_total"].as_u64() > Some(2))
+            && m.iter()
+                .rev()
+                .find(|x| x.topic == topic)
+                .is_some_and(|s| s.json()["evidence"]["errors_total"].as_u64() > Some(2))
     };
-    assert!(sub.wait_for(Duration::from_secs(60), errors), "no counted errors:\n{}", d.log());
+    assert!(
+        sub.wait_for(Duration::from_secs(60), errors),
+        "no counted errors:\n{}",
+        d.log()
+    );
     // A clean exit (stop asserts it).
     d.stop();
     assert!(sub.wait_for(Duration::from_secs(10), |m| common::said_offline(m, dev)));
@@ -361,6 +474,10 @@ fn an_unwritable_evidence_root_counts_errors_and_every_event_is_still_published(
     // Every event that started ended, with the shutdown's end included.
     assert_eq!(starts.len(), ends.len(), "{}", d.log());
     let stats = last_stats(&msgs, dev);
-    assert!(stats["evidence"]["last_error"].as_str().is_some(), "{}", stats["evidence"]);
+    assert!(
+        stats["evidence"]["last_error"].as_str().is_some(),
+        "{}",
+        stats["evidence"]
+    );
     assert!(d.log().contains("Cannot write event evidence"), "{}", d.log());
 }

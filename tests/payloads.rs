@@ -317,7 +317,10 @@ fn stats_snapshot_matches_its_schema() {
     // With evidence: the writer's counters and a history ring.
     use sensebind::evidence::history::{Histories, History};
     let histories = Histories::default();
-    histories.insert("cam0", std::sync::Arc::new(History::new(sensebind::modality::Modality::Vision, 5.0, 1 << 20, 0.001)));
+    histories.insert(
+        "cam0",
+        std::sync::Arc::new(History::new(sensebind::modality::Modality::Vision, 5.0, 1 << 20, 0.001)),
+    );
     let stats = sensebind::evidence::writer::EvidenceStats::default();
     *stats.last_error.lock().unwrap() = Some("3-cam0-walking-1: clip.avi: Read-only file system".into());
     let metrics = sensebind::runtime::Metrics {

@@ -74,10 +74,20 @@ pub fn run(args: &EvidenceArgs) -> anyhow::Result<u8> {
             }
             println!("{:<40} {:<25} {:>10}  files", "event", "written", "bytes");
             for e in &events {
-                println!("{:<40} {:<25} {:>10}  {}", e.id, e.modified_at, e.bytes, e.files.join(" "));
+                println!(
+                    "{:<40} {:<25} {:>10}  {}",
+                    e.id,
+                    e.modified_at,
+                    e.bytes,
+                    e.files.join(" ")
+                );
             }
             let total: u64 = events.iter().map(|e| e.bytes).sum();
-            println!("{} events, {total} bytes under {}", events.len(), store.root().display());
+            println!(
+                "{} events, {total} bytes under {}",
+                events.len(),
+                store.root().display()
+            );
             Ok(super::EXIT_OK)
         }
         EvidenceCommand::Show { id } => {

@@ -141,7 +141,9 @@ fn prompts(c: &Config, parsed: &Parsed, all_names: &[String], issues: &mut Issue
         let mut scope = issues.scope(&format!("prompts[{i}]"));
         check_prompt(pr, &c.events, &known, all_names, &mut scope);
         if let Some(o) = &pr.evidence {
-            c.evidence.params(Some(o)).validate(c.evidence.history_secs, &mut scope.scope("evidence"));
+            c.evidence
+                .params(Some(o))
+                .validate(c.evidence.history_secs, &mut scope.scope("evidence"));
         }
         if is_slug(&pr.id) && !ids.insert(pr.id.clone()) {
             scope.push("id", format!("{:?} is used by another prompt", pr.id));

@@ -100,7 +100,11 @@ impl EvidenceState {
             if !is_image(modality) || !self.setup.config.publish_snapshots.contains(&modality) {
                 continue;
             }
-            let content_type = if modality == Modality::Vision { "image/jpeg" } else { "image/png" };
+            let content_type = if modality == Modality::Vision {
+                "image/jpeg"
+            } else {
+                "image/png"
+            };
             for p in prompts.labels() {
                 if p.config.applies_to(modality, sensor) && self.params(modality, Some(&p.config)).is_some() {
                     out.push((sensor.to_owned(), p.id.clone(), content_type));
@@ -171,7 +175,9 @@ impl EvidenceState {
     }
 
     fn clip_span(o: &Open, until: Duration) -> (Timestamp, Timestamp) {
-        let from = o.started_at.saturating_sub(crate::events::duration_from_secs(o.params.pre_secs));
+        let from = o
+            .started_at
+            .saturating_sub(crate::events::duration_from_secs(o.params.pre_secs));
         let post = o.started_at + crate::events::duration_from_secs(o.params.post_secs);
         let longest = from + crate::events::duration_from_secs(o.params.max_clip_secs);
         (ts(from), ts(until.min(post).min(longest)))
@@ -218,9 +224,7 @@ impl EvidenceState {
             if !o.clip_queued && now >= o.started_at + crate::events::duration_from_secs(o.params.post_secs) {
                 due.push(id.clone());
             }
-            if !o.snapshot_announced
-                && self.setup.queue.index.get(id).is_some_and(|w| w.snapshot.is_some())
-            {
+            if !o.snapshot_announced && self.setup.queue.index.get(id).is_some_and(|w| w.snapshot.is_some()) {
                 o.snapshot_announced = true;
                 announce.push(id.clone());
             }
@@ -238,5 +242,108 @@ impl EvidenceState {
             }
         }
         announce
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(queue: usize) -> (EvidenceState, Arc<JobQueue>) {
+        let q = Arc::new(JobQueue::new(queue));
+        let config = EvidenceConfig {
+            enabled: true,
+            pre_secs: 2.0,
+            post_secs: 5.0,
+            max_clip_secs: 6.0,
+            ..EvidenceConfig::default()
+        };
+        let s = EvidenceState::new(EvidenceSetup {
+            queue: Arc::clone(&q),
+            config,
+        });
+        (s, q)
+    }
+
+    fn secs(v: u64) -> Duration {
+        Duration::from_secs(v)
+    }
+
+    #[test]
+    fn a_long_event_gets_its_clip_at_post_secs_capped_and_its_record_at_the_end() {
+        let (mut ev, q) = state(8);
+        let p = ev.params(Modality::Vision, None).unwrap();
+        ev.started(
+            "1-cam0-x-1",
+            "cam0",
+            "x",
+            Modality::Vision,
+            p,
+            secs(100),
+            serde_json::json!({"type": "start"}),
+        );
+        ev.score("1-cam0-x-1", 7, Timestamp(100_000_000_000), 0.9);
+        assert!(ev.tick(secs(104)).is_empty());
+        assert_eq!(q.stats.jobs_total.load(std::sync::atomic::Ordering::Relaxed), 1);
+        ev.tick(secs(105));
+        let described = ev.describe("1-cam0-x-1", false).unwrap();
+        assert_eq!(described.clip.as_deref(), Some("1-cam0-x-1/clip.avi"));
+        ev.ended("1-cam0-x-1", secs(130), serde_json::json!({"type": "end"}));
+        let jobs: Vec<Job> = std::iter::from_fn(|| q.pop_now()).collect();
+        let kinds: Vec<JobKind> = jobs.iter().map(|j| j.kind).collect();
+        let ns = |s: u64| Timestamp(s * 1_000_000_000);
+        assert_eq!(
+            kinds,
+            [
+                JobKind::Snapshot { at: ns(100) },
+                // From 98 s; post_secs would end it at 105 s, max_clip_secs at 104 s.
+                JobKind::Clip {
+                    from: ns(98),
+                    to: ns(104)
+                },
+                JobKind::Record,
+            ]
+        );
+        assert_eq!(jobs[2].end, Some(serde_json::json!({"type": "end"})));
+        assert_eq!(jobs[2].scores.len(), 1);
+    }
+
+    #[test]
+    fn a_short_event_gets_its_clip_at_the_end_and_a_full_queue_names_no_clip() {
+        let (mut ev, q) = state(1);
+        let p = ev.params(Modality::Audio, None).unwrap();
+        ev.started(
+            "1-mic0-x-1",
+            "mic0",
+            "x",
+            Modality::Audio,
+            p,
+            secs(10),
+            serde_json::json!({}),
+        );
+        // The queue (1 job) is full with the start's record: the end's clip cannot be queued.
+        assert_eq!(ev.describe("1-mic0-x-1", true).unwrap().clip, None);
+        let _ = q.pop_now();
+        assert_eq!(
+            ev.describe("1-mic0-x-1", true).unwrap().clip.as_deref(),
+            Some("1-mic0-x-1/clip.wav")
+        );
+        ev.ended("1-mic0-x-1", secs(12), serde_json::json!({}));
+        let ns = |s: u64| Timestamp(s * 1_000_000_000);
+        assert_eq!(
+            q.pop_now().unwrap().kind,
+            JobKind::Clip {
+                from: ns(8),
+                to: ns(12)
+            }
+        );
+        // Text has no evidence; a prompt can switch it off.
+        assert!(ev.params(Modality::Text, None).is_none());
+        let mut off = crate::labels::PromptConfig::new("x", "x");
+        off.evidence = Some(crate::evidence::EvidenceOverride {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        assert!(ev.params(Modality::Vision, Some(&off)).is_none());
     }
 }

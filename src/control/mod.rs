@@ -707,7 +707,10 @@ impl Controller {
                 };
                 self.emit(&key, &tr, Some(cause));
             }
-            if let (Some(ev), Some(id)) = (self.evidence.as_mut(), self.trackers.get(&key).and_then(|s| s.event_id.as_deref())) {
+            if let (Some(ev), Some(id)) = (
+                self.evidence.as_mut(),
+                self.trackers.get(&key).and_then(|s| s.event_id.as_deref()),
+            ) {
                 ev.score(id, w.seq, w.t1, ls.score);
             }
         }
@@ -908,7 +911,12 @@ impl Controller {
         tr: &Transition,
         prompt: Option<&crate::labels::PromptConfig>,
     ) {
-        let modality = self.s.sensors.iter().find(|s| s.name == facts.subject.sensor).map(|s| s.modality);
+        let modality = self
+            .s
+            .sensors
+            .iter()
+            .find(|s| s.name == facts.subject.sensor)
+            .map(|s| s.modality);
         let (Some(ev), Some(modality)) = (self.evidence.as_mut(), modality) else {
             self.publish_event(facts);
             return;
@@ -947,7 +955,9 @@ impl Controller {
             else {
                 continue;
             };
-            let Some(slot) = self.trackers.get_mut(&key) else { continue };
+            let Some(slot) = self.trackers.get_mut(&key) else {
+                continue;
+            };
             let at = slot.last_t.max(now);
             if let Some(tr) = slot.tracker.announce(at) {
                 self.emit(&key, &tr, None);

@@ -226,7 +226,13 @@ mod tests {
         assert_eq!(t, Timestamp(2_400_000_000));
         // The same Arc, not a copy.
         let s = frame(3000, 7);
-        let Sample::Frame { image: FrameImage::Rgb(a), .. } = &s else { unreachable!() };
+        let Sample::Frame {
+            image: FrameImage::Rgb(a),
+            ..
+        } = &s
+        else {
+            unreachable!()
+        };
         let a = Arc::clone(a);
         h.push(s);
         assert_eq!(Arc::strong_count(&a), 2);

@@ -48,7 +48,9 @@ pub fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, MediaError> {
 fn dims16(width: usize, height: usize) -> Result<(u16, u16), MediaError> {
     match (u16::try_from(width), u16::try_from(height)) {
         (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
-        _ => Err(MediaError::TooLarge(format!("a {width}x{height} image cannot be a JPEG"))),
+        _ => Err(MediaError::TooLarge(format!(
+            "a {width}x{height} image cannot be a JPEG"
+        ))),
     }
 }
 
@@ -65,7 +67,22 @@ pub fn avi_mjpeg(frames: &[&[u8]], width: usize, height: usize, fps: f64) -> Vec
     let (w, h) = (u32_of(width), u32_of(height));
     let mut avih = Vec::with_capacity(56);
     let us_per_frame = (1e6 / fps.max(1e-3)).round() as u32;
-    for v in [us_per_frame, largest.saturating_mul(rate / scale + 1), 0, 0x10, n, 0, 1, largest, w, h, 0, 0, 0, 0] {
+    for v in [
+        us_per_frame,
+        largest.saturating_mul(rate / scale + 1),
+        0,
+        0x10,
+        n,
+        0,
+        1,
+        largest,
+        w,
+        h,
+        0,
+        0,
+        0,
+        0,
+    ] {
         avih.extend(v.to_le_bytes());
     }
     let mut strh = Vec::with_capacity(56);
@@ -143,12 +160,20 @@ pub fn wav(samples: &[f32], rate_hz: u32) -> Vec<u8> {
     out
 }
 
-fn png(width: usize, height: usize, color: png::ColorType, depth: png::BitDepth, data: &[u8]) -> Result<Vec<u8>, MediaError> {
+fn png(
+    width: usize,
+    height: usize,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    data: &[u8],
+) -> Result<Vec<u8>, MediaError> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, u32_of(width), u32_of(height));
         enc.set_color(color);
         enc.set_depth(depth);
+        // fdeflate's fast mode: about 3× less CPU than the default for depth and thermal frames (docs/BENCHMARKS.md).
+        enc.set_compression(png::Compression::Fast);
         let mut w = enc.write_header().map_err(|e| MediaError::Png(e.to_string()))?;
         w.write_image_data(data).map_err(|e| MediaError::Png(e.to_string()))?;
         w.finish().map_err(|e| MediaError::Png(e.to_string()))?;
@@ -198,7 +223,9 @@ pub fn false_colour(
     let (lo, hi) = values
         .iter()
         .filter(|v| valid(**v))
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
     let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 0.0) };
     let span = if hi > lo { hi - lo } else { 1.0 };
     let mut rgb = Vec::with_capacity(values.len() * 3);
@@ -283,7 +310,10 @@ mod tests {
         let avi = avi_mjpeg(&[&f, &f], 2, 2, 10.0);
         assert_eq!(&avi[0..4], b"RIFF");
         assert_eq!(&avi[8..12], b"AVI ");
-        assert_eq!(u32::from_le_bytes(avi[4..8].try_into().unwrap()) as usize, avi.len() - 8);
+        assert_eq!(
+            u32::from_le_bytes(avi[4..8].try_into().unwrap()) as usize,
+            avi.len() - 8
+        );
         assert!(avi.windows(4).any(|w| w == b"idx1"));
     }
 }

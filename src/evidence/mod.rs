@@ -131,7 +131,10 @@ impl EvidenceConfig {
 
     /// True when any event may write evidence (the section, or any prompt, enables it).
     pub fn any_enabled<'a>(&self, overrides: impl IntoIterator<Item = Option<&'a EvidenceOverride>>) -> bool {
-        self.enabled || overrides.into_iter().any(|o| o.and_then(|o| o.enabled).unwrap_or(false))
+        self.enabled
+            || overrides
+                .into_iter()
+                .any(|o| o.and_then(|o| o.enabled).unwrap_or(false))
     }
 
     /// The evidence root: `path` (relative to `base`), or `{state_dir}/evidence`.
@@ -158,10 +161,16 @@ impl EvidenceConfig {
         }
         self.params(None).validate(self.history_secs, issues);
         if !(self.max_age_days.is_finite() && self.max_age_days >= 0.0) {
-            issues.push("max_age_days", format!("must be 0 (no limit) or more, got {}", self.max_age_days));
+            issues.push(
+                "max_age_days",
+                format!("must be 0 (no limit) or more, got {}", self.max_age_days),
+            );
         }
         if !(self.clip_fps.is_finite() && (0.0..=240.0).contains(&self.clip_fps)) {
-            issues.push("clip_fps", format!("must be 0 (the camera's rate) up to 240, got {}", self.clip_fps));
+            issues.push(
+                "clip_fps",
+                format!("must be 0 (the camera's rate) up to 240, got {}", self.clip_fps),
+            );
         }
         if !(1..=100).contains(&self.jpeg_quality) {
             issues.push("jpeg_quality", format!("must be 1 to 100, got {}", self.jpeg_quality));
@@ -170,10 +179,16 @@ impl EvidenceConfig {
             issues.push("queue", format!("must be 1 to 1024 jobs, got {}", self.queue));
         }
         if self.history_max_bytes < 1 << 20 {
-            issues.push("history_max_bytes", format!("must be at least 1 MiB, got {}", self.history_max_bytes));
+            issues.push(
+                "history_max_bytes",
+                format!("must be at least 1 MiB, got {}", self.history_max_bytes),
+            );
         }
         if self.max_bytes < 64 << 10 {
-            issues.push("max_bytes", format!("must be at least 64 KiB (65536), got {}", self.max_bytes));
+            issues.push(
+                "max_bytes",
+                format!("must be at least 64 KiB (65536), got {}", self.max_bytes),
+            );
         }
     }
 }
@@ -187,7 +202,10 @@ impl EvidenceParams {
             }
         }
         if !(self.max_clip_secs.is_finite() && self.max_clip_secs > 0.0) {
-            issues.push("max_clip_secs", format!("must be more than 0 seconds, got {}", self.max_clip_secs));
+            issues.push(
+                "max_clip_secs",
+                format!("must be more than 0 seconds, got {}", self.max_clip_secs),
+            );
         }
         if self.pre_secs + self.post_secs > history_secs {
             issues.push(

@@ -50,16 +50,26 @@ pub struct Store {
 pub fn dir_name(id: &str) -> String {
     let s: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if s.is_empty() || s.starts_with('.') { format!("_{s}") } else { s }
+    if s.is_empty() || s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
 }
 
 impl Store {
     /// The store at `root` with its limits (`max_age_days` 0: none).
     pub fn new(root: PathBuf, max_bytes: u64, max_age_days: f64) -> Self {
-        let max_age = (max_age_days > 0.0 && max_age_days.is_finite())
-            .then(|| Duration::from_secs_f64(max_age_days * 86_400.0));
+        let max_age =
+            (max_age_days > 0.0 && max_age_days.is_finite()).then(|| Duration::from_secs_f64(max_age_days * 86_400.0));
         Self {
             root,
             max_bytes,

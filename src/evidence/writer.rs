@@ -212,6 +212,11 @@ impl JobQueue {
         self.ready.notify_all();
     }
 
+    /// The next job if one is queued (tests).
+    pub fn pop_now(&self) -> Option<Job> {
+        self.lock().pop_front()
+    }
+
     /// The next job; `None` once closed and empty.
     fn pop(&self) -> Option<Job> {
         let mut q = self.lock();
@@ -294,7 +299,10 @@ impl Writer {
         };
         let mut written = Vec::new();
         for (name, bytes) in &files.files {
-            let n = self.store.write(&job.id, name, bytes).map_err(|e| format!("{name}: {e}"))?;
+            let n = self
+                .store
+                .write(&job.id, name, bytes)
+                .map_err(|e| format!("{name}: {e}"))?;
             stats.files_total.fetch_add(1, Ordering::Relaxed);
             stats.bytes_written_total.fetch_add(n, Ordering::Relaxed);
             written.push((name.clone(), n));
@@ -327,10 +335,16 @@ impl Writer {
             "media": state.media,
         });
         let text = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
-        let n = self.store.write(&job.id, "event.json", &text).map_err(|e| format!("event.json: {e}"))?;
+        let n = self
+            .store
+            .write(&job.id, "event.json", &text)
+            .map_err(|e| format!("event.json: {e}"))?;
         stats.files_total.fetch_add(1, Ordering::Relaxed);
         stats.bytes_written_total.fetch_add(n, Ordering::Relaxed);
-        if let Some((bytes, _)) = files.publish.filter(|_| self.publish_snapshots.contains(&history.modality)) {
+        if let Some((bytes, _)) = files
+            .publish
+            .filter(|_| self.publish_snapshots.contains(&history.modality))
+        {
             if bytes.len() <= self.snapshot_max_bytes {
                 (self.sink)(&job.sensor, &job.label, bytes);
                 stats.snapshots_published_total.fetch_add(1, Ordering::Relaxed);
@@ -464,7 +478,9 @@ fn audio_clip(samples: &[Sample], from: Timestamp, to: Timestamp, e: &mut Encode
     let mut rate = 0;
     let mut out = Vec::new();
     for s in samples {
-        let Sample::Audio { t, rate_hz, samples } = s else { continue };
+        let Sample::Audio { t, rate_hz, samples } = s else {
+            continue;
+        };
         if rate == 0 {
             rate = *rate_hz;
         }
@@ -507,7 +523,12 @@ fn raw_frames_clip(samples: &[Sample], from: Timestamp, unit_m: f64, e: &mut Enc
         }
         .map_err(|e| e.to_string())?;
         let name = format!("clip/{n:06}.png");
-        let _ = writeln!(csv, "{n},{},{:.6},{name}", t.0, (t.0.saturating_sub(from.0)) as f64 / 1e9);
+        let _ = writeln!(
+            csv,
+            "{n},{},{:.6},{name}",
+            t.0,
+            (t.0.saturating_sub(from.0)) as f64 / 1e9
+        );
         e.add(&name, png);
         n += 1;
     }

@@ -286,9 +286,16 @@ pub fn check_prompt(
         issues.push("threshold", e);
     }
     if let Some(e) = &pr.evidence {
-        for (key, v) in [("pre_secs", e.pre_secs), ("post_secs", e.post_secs), ("max_clip_secs", e.max_clip_secs)] {
+        for (key, v) in [
+            ("pre_secs", e.pre_secs),
+            ("post_secs", e.post_secs),
+            ("max_clip_secs", e.max_clip_secs),
+        ] {
             if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0 && *v <= 3600.0)) {
-                issues.push(&format!("evidence.{key}"), format!("must be between 0 and 3600 seconds, got {v}"));
+                issues.push(
+                    &format!("evidence.{key}"),
+                    format!("must be between 0 and 3600 seconds, got {v}"),
+                );
             }
         }
     }

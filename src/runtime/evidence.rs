@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use crate::config::LoadedConfig;
+use crate::evidence::EvidenceConfig;
 use crate::evidence::history::{Histories, History};
 use crate::evidence::store::Store;
 use crate::evidence::writer::{self, JobQueue, Writer};
-use crate::evidence::EvidenceConfig;
 use crate::publish::{OutMessage, Outbox, Topics};
 
 /// The running evidence stage.
@@ -26,7 +26,9 @@ pub struct EvidenceStage {
 
 impl std::fmt::Debug for EvidenceStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EvidenceStage").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("EvidenceStage")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,7 +42,11 @@ pub struct HistoryMaker {
 
 impl HistoryMaker {
     /// A new history ring for a sensor, registered under its name (replacing a previous one).
-    pub fn make(&self, sc: &crate::sources::config::SourceConfig, preprocess: &crate::preprocess::PreprocessConfig) -> Arc<History> {
+    pub fn make(
+        &self,
+        sc: &crate::sources::config::SourceConfig,
+        preprocess: &crate::preprocess::PreprocessConfig,
+    ) -> Arc<History> {
         use crate::sources::config::SourceConfig;
         let unit = match sc {
             SourceConfig::V4l2(c) => c.depth_unit_m,

@@ -504,14 +504,36 @@ fn evidence(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> fmt::Result {
             ([("result", "failed")], read(&s.errors_total)),
         ],
     )?;
-    counter(e, "sensebind_evidence_written_bytes", "Evidence bytes written.", one(read(&s.bytes_written_total)))?;
-    counter(e, "sensebind_evidence_deleted_events", "Events deleted by evidence retention.", one(read(&s.deleted_total)))?;
-    gauge(e, "sensebind_evidence_disk_bytes", "Bytes under the evidence root.", one(read(&s.bytes_on_disk)))?;
+    counter(
+        e,
+        "sensebind_evidence_written_bytes",
+        "Evidence bytes written.",
+        one(read(&s.bytes_written_total)),
+    )?;
+    counter(
+        e,
+        "sensebind_evidence_deleted_events",
+        "Events deleted by evidence retention.",
+        one(read(&s.deleted_total)),
+    )?;
+    gauge(
+        e,
+        "sensebind_evidence_disk_bytes",
+        "Bytes under the evidence root.",
+        one(read(&s.bytes_on_disk)),
+    )?;
     let all = histories.all();
     let rows = |f: fn(&crate::evidence::history::HistoryStats) -> u64| {
-        all.iter().map(move |(n, h)| ([("component_id", n.as_str())], f(&h.stats))).collect::<Vec<_>>()
+        all.iter()
+            .map(move |(n, h)| ([("component_id", n.as_str())], f(&h.stats)))
+            .collect::<Vec<_>>()
     };
-    gauge(e, "sensebind_history_bytes", "Bytes held by the sensor's history ring.", rows(|s| read(&s.bytes)))?;
+    gauge(
+        e,
+        "sensebind_history_bytes",
+        "Bytes held by the sensor's history ring.",
+        rows(|s| read(&s.bytes)),
+    )?;
     counter(
         e,
         "sensebind_history_dropped_samples",

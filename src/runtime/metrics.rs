@@ -11,8 +11,8 @@ use crate::clock;
 use crate::control::ControlStats;
 pub use crate::control::ReloadStats;
 use crate::control::payloads::{
-    EncoderStatsEntry, EventStatsEntry, EvidenceStatsEntry, HistoryStatsEntry, MqttStatsEntry, PerClass, ReloadStatsEntry, STATS_SCHEMA, SourceStatsEntry,
-    StatsMessage,
+    EncoderStatsEntry, EventStatsEntry, EvidenceStatsEntry, HistoryStatsEntry, MqttStatsEntry, PerClass,
+    ReloadStatsEntry, STATS_SCHEMA, SourceStatsEntry, StatsMessage,
 };
 use crate::modality::Modality;
 use crate::publish::mqtt::MqttStats;
@@ -51,7 +51,10 @@ pub struct Metrics {
     /// Configuration reloads.
     pub reloads: Arc<ReloadStats>,
     /// `[evidence]`: the writer's counters and the sensors' histories (none when evidence is off).
-    pub evidence: Option<(Arc<crate::evidence::writer::EvidenceStats>, Arc<crate::evidence::history::Histories>)>,
+    pub evidence: Option<(
+        Arc<crate::evidence::writer::EvidenceStats>,
+        Arc<crate::evidence::history::Histories>,
+    )>,
 }
 
 impl Metrics {

@@ -445,7 +445,10 @@ pub fn start_source(
         counters: Arc::clone(&counters),
         source_done: Arc::clone(&source_done),
         enabled,
-        history: stages.history.as_ref().map(|h| h.make(sc, &cfg.preprocess)),
+        // Text sensors have no evidence, so no history.
+        history: (modality != Modality::Text)
+            .then(|| stages.history.as_ref().map(|h| h.make(sc, &cfg.preprocess)))
+            .flatten(),
     };
     let (window_tracked, window_guard) = Tracked::new(format!("window-{name}"));
     let window_thread = std::thread::Builder::new()
