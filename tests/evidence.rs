@@ -409,7 +409,8 @@ fn retention_keeps_the_evidence_root_under_max_bytes_over_many_events() {
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
     let mut kept = kept;
-    (ids.sort(), kept.sort());
+    ids.sort();
+    kept.sort();
     assert_eq!(ids, kept);
     let shown: serde_json::Value = serde_json::from_str(&cli(&["show", &last_end])).unwrap();
     assert_eq!(shown["end"]["id"], last_end.as_str());

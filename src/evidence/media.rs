@@ -8,8 +8,6 @@
 //! | depth, thermal snapshot | false-colour PNG (8-bit RGB, [`INFERNO`] over the frame's valid range) and the raw 16-bit greyscale PNG |
 //! | IMU clip | CSV: capture time (monotonic ns and seconds from the clip start), acc xyz m/s², gyro xyz rad/s |
 
-use std::io::Write;
-
 use crate::preprocess::depth::DepthMap;
 use crate::preprocess::image::{GrayImage, RgbImage};
 
@@ -236,15 +234,18 @@ pub fn false_colour(
     Ok((out, [lo, hi]))
 }
 
+/// A frame's false-colour PNG, the value range it maps, and its raw 16-bit PNG.
+pub type FramePngs = (Vec<u8>, [f32; 2], Vec<u8>);
+
 /// A depth frame: (false-colour PNG and its range in metres, raw PNG in the sensor's unit).
-pub fn depth_pngs(d: &DepthMap, unit_m: f64) -> Result<(Vec<u8>, [f32; 2], Vec<u8>), MediaError> {
+pub fn depth_pngs(d: &DepthMap, unit_m: f64) -> Result<FramePngs, MediaError> {
     let (colour, range) = false_colour(d.width, d.height, &d.metres, |m| m.is_finite() && m > 0.0)?;
     let raw = png_gray16(d.width, d.height, &depth_raw(d, unit_m))?;
     Ok((colour, range, raw))
 }
 
 /// A thermal frame: (false-colour PNG and its range in raw units, raw PNG of the stored samples).
-pub fn thermal_pngs(g: &GrayImage) -> Result<(Vec<u8>, [f32; 2], Vec<u8>), MediaError> {
+pub fn thermal_pngs(g: &GrayImage) -> Result<FramePngs, MediaError> {
     let values: Vec<f32> = g.samples.iter().map(|&v| f32::from(v)).collect();
     let (colour, range) = false_colour(g.width, g.height, &values, |_| true)?;
     let raw = png_gray16(g.width, g.height, &g.samples)?;
@@ -253,14 +254,17 @@ pub fn thermal_pngs(g: &GrayImage) -> Result<(Vec<u8>, [f32; 2], Vec<u8>), Media
 
 /// IMU readings (capture time, six channels) as CSV.
 pub fn imu_csv(readings: &[(u64, [f32; 6])]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + readings.len() * 96);
-    let _ = writeln!(out, "t_mono_ns,t_s,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z");
+    let mut out = String::with_capacity(64 + readings.len() * 96);
+    out.push_str("t_mono_ns,t_s,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\n");
     let t0 = readings.first().map_or(0, |r| r.0);
     for (t, v) in readings {
-        let s = (t - t0) as f64 / 1e9;
-        let _ = writeln!(out, "{t},{s:.6},{},{},{},{},{},{}", v[0], v[1], v[2], v[3], v[4], v[5]);
+        let s = t.saturating_sub(t0) as f64 / 1e9;
+        out.push_str(&format!(
+            "{t},{s:.6},{},{},{},{},{},{}\n",
+            v[0], v[1], v[2], v[3], v[4], v[5]
+        ));
     }
-    out
+    out.into_bytes()
 }
 
 #[cfg(test)]

@@ -98,7 +98,9 @@ impl Store {
         ));
         std::fs::write(&tmp, bytes)?;
         if let Err(e) = std::fs::rename(&tmp, &path) {
-            let _ = std::fs::remove_file(&tmp);
+            if let Err(cleanup) = std::fs::remove_file(&tmp) {
+                tracing::debug!(path = %tmp.display(), error = %cleanup, "Cannot remove a temporary evidence file.");
+            }
             return Err(e);
         }
         Ok(bytes.len() as u64)

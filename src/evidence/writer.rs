@@ -508,7 +508,6 @@ fn audio_clip(samples: &[Sample], from: Timestamp, to: Timestamp, e: &mut Encode
 
 /// Depth and thermal clips: every frame's raw 16-bit PNG under `clip/` and `clip/frames.csv` with their times.
 fn raw_frames_clip(samples: &[Sample], from: Timestamp, unit_m: f64, e: &mut Encoded) -> Result<(), String> {
-    use std::fmt::Write as _;
     let mut csv = String::from("index,t_mono_ns,t_s,file\n");
     let mut n = 0;
     for s in samples {
@@ -523,12 +522,11 @@ fn raw_frames_clip(samples: &[Sample], from: Timestamp, unit_m: f64, e: &mut Enc
         }
         .map_err(|e| e.to_string())?;
         let name = format!("clip/{n:06}.png");
-        let _ = writeln!(
-            csv,
-            "{n},{},{:.6},{name}",
+        csv.push_str(&format!(
+            "{n},{},{:.6},{name}\n",
             t.0,
             (t.0.saturating_sub(from.0)) as f64 / 1e9
-        );
+        ));
         e.add(&name, png);
         n += 1;
     }
@@ -544,7 +542,7 @@ fn raw_frames_clip(samples: &[Sample], from: Timestamp, unit_m: f64, e: &mut Enc
 /// Counts a failure, keeps it as `last_error`, and logs the first and every 100th.
 fn fail(stats: &EvidenceStats, what: &str, error: &str) {
     let n = stats.errors_total.fetch_add(1, Ordering::Relaxed);
-    if n % 100 == 0 {
+    if n.is_multiple_of(100) {
         tracing::error!(event = %what, error = %error, errors = n + 1, "Cannot write event evidence; the event's messages are published without it (further errors are counted in stats).");
     }
     if let Ok(mut last) = stats.last_error.lock() {
