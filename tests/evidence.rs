@@ -280,6 +280,13 @@ fn every_modality_leaves_evidence_that_decodes_and_matches_the_messages() {
         assert_eq!(&record["start"], start, "{sensor}");
         assert_eq!(record["end"], end_of(sensor), "{sensor}");
         assert!(!record["scores"].as_array().unwrap().is_empty(), "{sensor}");
+        for (schema, value) in [
+            ("evidence-record.schema.json", &record),
+            ("event.schema.json", &record["start"]),
+            ("event.schema.json", &record["end"]),
+        ] {
+            common::schema::validate(schema, value).unwrap_or_else(|e| panic!("{sensor}: {e}"));
+        }
     }
 
     // The retained snapshots: a JPEG for the camera, a PNG for depth (listed in publish_snapshots), none for ir0.

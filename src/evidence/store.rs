@@ -212,6 +212,22 @@ mod tests {
     }
 
     #[test]
+    fn prune_deletes_events_past_their_age_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().to_path_buf(), 1 << 30, 30.0);
+        store.write("1-cam-x-1", "a.bin", &[0u8; 10]).unwrap();
+        store.write("1-cam-x-2", "a.bin", &[0u8; 10]).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(40 * 86_400);
+        let event = dir.path().join("1-cam-x-1");
+        for path in [event.join("a.bin"), event.clone()] {
+            std::fs::File::open(&path).unwrap().set_modified(old).unwrap();
+        }
+        let p = store.prune().unwrap();
+        assert_eq!((p.events, p.events_left), (1, 1));
+        assert!(!event.exists());
+    }
+
+    #[test]
     fn ids_cannot_leave_the_root() {
         assert_eq!(dir_name("../etc"), "_.._etc");
         assert_eq!(dir_name("1-cam/x-2"), "1-cam_x-2");

@@ -562,6 +562,38 @@ mod tests {
     }
 
     #[test]
+    fn evidence_counters_and_history_rings_are_rendered() {
+        use crate::evidence::history::{Histories, History};
+        let control = Arc::new(ControlStats::default());
+        let stats = crate::evidence::writer::EvidenceStats::default();
+        stats.skipped_total.fetch_add(2, Ordering::Relaxed);
+        stats.errors_total.fetch_add(3, Ordering::Relaxed);
+        let histories = Histories::default();
+        let ring = Arc::new(History::new(crate::modality::Modality::Imu, 1.0, 1 << 20, 0.001));
+        ring.push(crate::sources::Sample::Imu {
+            t: crate::clock::Timestamp(1),
+            values: [0.0; 6],
+        });
+        histories.insert("imu0", ring);
+        let metrics = Metrics {
+            control: Arc::clone(&control),
+            evidence: Some((Arc::new(stats), Arc::new(histories))),
+            ..Metrics::default()
+        };
+        let h = Health::new(false, &Arc::new(MqttStats::default()), &control);
+        h.pipeline_running(&Arc::new(metrics));
+        let text = render(&h).unwrap();
+        for line in [
+            "sensebind_evidence_jobs_total{result=\"skipped\"} 2",
+            "sensebind_evidence_jobs_total{result=\"failed\"} 3",
+            "sensebind_history_bytes{component_id=\"imu0\"} 32",
+            "sensebind_history_dropped_samples_total{component_id=\"imu0\"} 0",
+        ] {
+            assert!(text.lines().any(|t| t == line), "no line {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn counters_get_total_and_histograms_cumulate() {
         let control = Arc::new(ControlStats::default());
         let enc = Arc::new(super::super::worker::EncoderStats::default());
