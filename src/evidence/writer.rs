@@ -583,3 +583,76 @@ pub fn spawn(writer: Writer, queue: Arc<JobQueue>) -> std::io::Result<std::threa
         .name("evidence-writer".into())
         .spawn(move || writer.run(&queue))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.into(),
+            sensor: "cam0".into(),
+            label: "x".into(),
+            kind: JobKind::Record,
+            start: serde_json::json!({}),
+            end: None,
+            scores: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_counts_without_waiting() {
+        let q = JobQueue::new(2);
+        assert!(q.push(job("a")) && q.push(job("b")));
+        assert!(!q.has_room());
+        let started = std::time::Instant::now();
+        assert!(!q.push(job("c")));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
+        assert_eq!(q.stats.skipped_total.load(Ordering::Relaxed), 1);
+        assert_eq!(q.stats.jobs_total.load(Ordering::Relaxed), 2);
+        q.close();
+        assert_eq!(q.pop().map(|j| j.id), Some("a".into()));
+        assert_eq!(q.pop().map(|j| j.id), Some("b".into()));
+        assert!(q.pop().is_none(), "closed and empty");
+    }
+
+    #[test]
+    fn a_written_event_is_described_from_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let histories = Arc::new(Histories::default());
+        let h = Arc::new(super::super::history::History::new(Modality::Imu, 10.0, 1 << 20, 0.001));
+        for i in 0..50u64 {
+            h.push(Sample::Imu {
+                t: Timestamp(i * 10_000_000),
+                values: [i as f32; 6],
+            });
+        }
+        histories.insert("imu0", h);
+        let w = Writer {
+            store: Store::new(dir.path().to_path_buf(), 1 << 30, 0.0),
+            histories,
+            jpeg_quality: 80,
+            clip_fps: 0.0,
+            publish_snapshots: Vec::new(),
+            snapshot_max_bytes: 0,
+            sink: Box::new(|_, _, _| {}),
+        };
+        let q = JobQueue::new(4);
+        let mut j = job("1-imu0-x-1");
+        j.sensor = "imu0".into();
+        j.kind = JobKind::Clip {
+            from: Timestamp(100_000_000),
+            to: Timestamp(200_000_000),
+        };
+        assert!(q.push(j));
+        q.close();
+        w.run(&q);
+        let written = q.index.get("1-imu0-x-1").unwrap();
+        assert_eq!(written.clip.as_deref(), Some("1-imu0-x-1/clip.csv"));
+        let csv = std::fs::read_to_string(dir.path().join("1-imu0-x-1/clip.csv")).unwrap();
+        // 100 ms to 200 ms at 100 Hz: 11 readings and the header.
+        assert_eq!(csv.lines().count(), 12, "{csv}");
+        assert_eq!(q.stats.errors_total.load(Ordering::Relaxed), 0);
+        assert!(dir.path().join("1-imu0-x-1/event.json").exists());
+    }
+}
