@@ -286,6 +286,7 @@ fn discovery_with_entities_and_removals_matches_its_schema_and_maps_every_sensor
         sensors: vec!["imu0".into()],
         removed_sensors: vec!["imu1".into()],
         images: vec![("cam0".into(), "walking".into(), "image/jpeg")],
+        removed_images: vec![("cam0".into(), "running".into())],
     });
     check("ha-discovery.schema.json", &d);
     let v = serde_json::to_value(&d).unwrap();
@@ -293,6 +294,7 @@ fn discovery_with_entities_and_removals_matches_its_schema_and_maps_every_sensor
     assert_eq!(image["p"], "image");
     assert_eq!(image["image_topic"], "sensebind/dock-07/snapshot/cam0/walking");
     assert_eq!(image["content_type"], "image/jpeg");
+    assert_eq!(v["cmps"]["snapshot-cam0-running"], serde_json::json!({"p": "image"}));
     assert_eq!(v["cmps"]["label-running"], serde_json::json!({"p": "binary_sensor"}));
     assert_eq!(v["cmps"]["sensor-imu1"], serde_json::json!({"p": "binary_sensor"}));
     assert_eq!(v["cmps"]["sensor_switch-imu1"], serde_json::json!({"p": "switch"}));

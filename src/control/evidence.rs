@@ -89,6 +89,11 @@ impl EvidenceState {
         (p.enabled && clip_name(modality).is_some()).then_some(p)
     }
 
+    /// Whether snapshots of sensors of `modality` are published retained.
+    pub(super) fn publishes(&self, modality: Modality) -> bool {
+        is_image(modality) && self.setup.config.publish_snapshots.contains(&modality)
+    }
+
     /// The (sensor, label, content type) pairs whose snapshots are published retained (Home Assistant `image`s).
     pub(super) fn snapshot_pairs<'a>(
         &self,
@@ -97,7 +102,7 @@ impl EvidenceState {
     ) -> Vec<(String, String, &'static str)> {
         let mut out = Vec::new();
         for (sensor, modality) in sensors {
-            if !is_image(modality) || !self.setup.config.publish_snapshots.contains(&modality) {
+            if !self.publishes(modality) {
                 continue;
             }
             let content_type = if modality == Modality::Vision {

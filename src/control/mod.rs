@@ -523,6 +523,12 @@ impl Controller {
         let t = &self.s.topics;
         self.push(OutMessage::state(t.label_state(label), Vec::new()));
         self.push(OutMessage::state(t.label_enabled_state(label), Vec::new()));
+        // Its evidence snapshots (an empty retained message clears a topic; clearing one never set is harmless).
+        if let Some(ev) = &self.evidence {
+            for sensor in self.s.sensors.iter().filter(|s| ev.publishes(s.modality)) {
+                self.push(OutMessage::state(t.snapshot(&sensor.name, label), Vec::new()));
+            }
+        }
     }
 
     fn info(&self) -> payloads::InfoMessage {
@@ -638,9 +644,36 @@ impl Controller {
                 let pairs = self.s.sensors.iter().map(|s| (s.name.as_str(), s.modality));
                 ev.snapshot_pairs(pairs, &current)
             }),
+            removed_images: self.removed_images(&now),
         });
         let topic = format!("{}/device/{}/config", ha.discovery_prefix, self.s.device);
         self.push_retained(topic, &payload);
+    }
+
+    /// The Home Assistant images of deleted labels and removed sensors (with evidence on).
+    fn removed_images(&self, labels_now: &BTreeSet<&str>) -> Vec<(String, String)> {
+        let Some(ev) = &self.evidence else {
+            return Vec::new();
+        };
+        let cameras: Vec<&str> = self
+            .s
+            .sensors
+            .iter()
+            .filter(|s| ev.publishes(s.modality))
+            .map(|s| s.name.as_str())
+            .collect();
+        let gone_labels = self.removed_labels.iter().filter(|l| !labels_now.contains(l.as_str()));
+        let mut out: Vec<(String, String)> = gone_labels
+            .flat_map(|l| cameras.iter().map(move |s| ((*s).to_owned(), l.clone())))
+            .collect();
+        for sensor in self
+            .removed_sensors
+            .iter()
+            .filter(|r| !self.s.sensors.iter().any(|s| s.name == **r))
+        {
+            out.extend(labels_now.iter().map(|l| (sensor.clone(), (*l).to_owned())));
+        }
+        out
     }
 
     fn label_enabled(&self, label: &str) -> bool {
@@ -1620,6 +1653,43 @@ mod tests {
         assert_eq!(answers[1]["result"]["rev"], 2);
         drop(scored_tx);
         task.await.unwrap();
+    }
+
+    /// Issue 16: with evidence on, a deleted label's snapshot topics are cleared for the cameras whose snapshots are
+    /// published, and its Home Assistant images removed.
+    #[test]
+    fn a_deleted_labels_snapshots_are_cleared_and_its_images_removed() {
+        let (mut c, outbox) = setup(
+            PromptConfig::new("walking", "x"),
+            MqttConfig::default(),
+            EventsConfig::default(),
+        );
+        c.s.sensors[0].name = "cam0".into();
+        c.s.sensors[0].modality = Modality::Vision;
+        let config = crate::evidence::EvidenceConfig {
+            enabled: true,
+            ..crate::evidence::EvidenceConfig::default()
+        };
+        let queue = Arc::new(crate::evidence::writer::JobQueue::new(4));
+        c = c.with_evidence(Some(evidence::EvidenceSetup { queue, config }));
+        c.publish_discovery();
+        let msgs = drain(&outbox);
+        let discovery = msgs.iter().rev().find(|m| m.topic.ends_with("/config")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&discovery.payload).unwrap();
+        assert_eq!(v["cmps"]["snapshot-cam0-walking"]["p"], "image");
+        *c.s.prompts.write().unwrap() = Arc::new(PromptSet::new(Vec::new()));
+        c.clear_label_topics("walking");
+        c.remember_removed("walking");
+        c.publish_discovery();
+        let msgs = drain(&outbox);
+        let cleared = msgs
+            .iter()
+            .find(|m| m.topic == "sensebind/dev/snapshot/cam0/walking")
+            .unwrap();
+        assert!(cleared.payload.is_empty() && cleared.retain);
+        let discovery = msgs.iter().rev().find(|m| m.topic.ends_with("/config")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&discovery.payload).unwrap();
+        assert_eq!(v["cmps"]["snapshot-cam0-walking"], serde_json::json!({"p": "image"}));
     }
 
     /// With scripted time the tick ends a quiet event without any real waiting (and sees the scripted clock, not

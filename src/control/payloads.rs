@@ -923,6 +923,8 @@ pub struct DiscoveryInput<'a> {
     pub removed_sensors: Vec<String>,
     /// (sensor, label, content type) pairs whose evidence snapshots are published: one `image` each.
     pub images: Vec<(String, String, &'static str)>,
+    /// (sensor, label) pairs of deleted labels and removed sensors: their `image`s are removed.
+    pub removed_images: Vec<(String, String)>,
 }
 
 fn switch(device: &str, component: &str, name: String, cmd_t: String, stat_t: String) -> HaComponent {
@@ -1011,6 +1013,12 @@ pub fn discovery(d: DiscoveryInput<'_>) -> Discovery {
         cmps.insert(
             component.clone(),
             switch(id, &component, format!("{sensor} enabled"), set, state),
+        );
+    }
+    for (sensor, label) in d.removed_images {
+        cmps.insert(
+            format!("snapshot-{sensor}-{label}"),
+            HaComponent::Removed { p: Platform::Image },
         );
     }
     for (sensor, label, content_type) in d.images {
