@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod evidence;
+
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
@@ -100,6 +102,9 @@ pub enum Command {
     /// capture PCMs and cpal device ids) and serial ports with their stable `/dev/serial/by-id/` links. Nothing
     /// is streamed.
     Devices(DevicesArgs),
+    /// Event evidence on this device (`[evidence]`): list the events with snapshots and clips, show one event's
+    /// record (`event.json`), or apply retention now (`prune`).
+    Evidence(evidence::EvidenceArgs),
 }
 
 /// `sensebind devices`
@@ -611,6 +616,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Label(args) => label_cmd(&args),
         Command::Eval(args) => eval_cmd(&args),
         Command::Calibrate(args) => calibrate_cmd(&args),
+        Command::Evidence(args) => evidence::run(&args),
         Command::Devices(args) => {
             let mut found = crate::devices::list(&args.root);
             if args.root == std::path::Path::new("/") {

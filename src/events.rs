@@ -432,6 +432,25 @@ impl Tracker {
         None
     }
 
+    /// An `update` outside the score rules (the event's evidence snapshot now exists): the next message number with
+    /// the current score and peak; `None` when no event is active.
+    pub fn announce(&mut self, t: Duration) -> Option<Transition> {
+        let score = self.last_score;
+        let active = self.active.as_mut()?;
+        active.seq += 1;
+        active.last_message_at = t;
+        Some(Transition {
+            kind: TransitionKind::Update,
+            event: active.event,
+            seq: active.seq,
+            score,
+            peak: active.peak,
+            started_at: active.started_at,
+            at: t,
+            end_reason: None,
+        })
+    }
+
     /// Forces the end of an active event now (sensor lost, label disabled, prompt changed, shutdown); `None` when
     /// none is active. Clears the score history either way, so a new event must satisfy the onset again.
     pub fn end(&mut self, t: Duration, reason: EndReason) -> Option<Transition> {

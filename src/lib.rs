@@ -27,6 +27,7 @@ pub mod demo;
 pub mod devices;
 pub mod encode;
 pub mod events;
+pub mod evidence;
 pub mod issues;
 pub mod labels;
 pub mod modality;

@@ -54,6 +54,7 @@ fn example_documents_every_top_level_key() {
         "[[sources]]",
         "[[prompts]]",
         "[metrics]",
+        "[evidence]",
     ] {
         assert!(text.contains(key), "example.toml lacks {key}");
     }
@@ -68,6 +69,7 @@ fn example_documents_every_top_level_key() {
         "HomeAssistantConfig",
         "TlsConfig",
         "MetricsConfig",
+        "EvidenceConfig",
     ] {
         for key in schema["$defs"][def]["properties"].as_object().unwrap().keys() {
             assert!(

@@ -15,7 +15,9 @@ fn devices_lists_the_vulkan_adapters_wgpu_finds() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let gpus = doc["gpus"].as_array().expect("no GPU adapter: is mesa-vulkan-drivers installed?");
+    let gpus = doc["gpus"]
+        .as_array()
+        .expect("no GPU adapter: is mesa-vulkan-drivers installed?");
     let lavapipe = gpus
         .iter()
         .find(|g| g["driver"] == "llvmpipe")
@@ -31,5 +33,8 @@ fn devices_lists_the_vulkan_adapters_wgpu_finds() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("GPU adapters (wgpu):") && text.contains("llvmpipe"), "{text}");
+    assert!(
+        text.contains("GPU adapters (wgpu):") && text.contains("llvmpipe"),
+        "{text}"
+    );
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["modality", "tensor", "clock", "npy", "util", "issues", "telemetry"],
     &["preprocess", "encode"],
-    &["ring", "sources", "window", "events", "labels"],
+    &["ring", "sources", "window", "events", "labels", "evidence"],
     &["publish"],
     &["control"],
     &["config"],

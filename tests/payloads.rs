@@ -104,6 +104,7 @@ fn facts(kind: EventType) -> EventFacts {
             window: times().into(),
             model: "imagebind-tiny@0123456789ab".into(),
         }),
+        evidence: None,
     }
 }
 
@@ -146,6 +147,26 @@ fn event_payloads_of_every_kind_match_their_schema() {
         score: 0.0,
         ..ended(false, EndReason::Restart, None)
     };
+    // With evidence: the update once the snapshot exists, and the end naming the clip.
+    let evidence = |clip: Option<&str>| {
+        Some(sensebind::control::evidence::EvidenceRef {
+            snapshot: Some("3-cam0-walking-1/snapshot.jpg".into()),
+            clip: clip.map(str::to_owned),
+            bytes: 5620,
+        })
+    };
+    let update = EventFacts {
+        evidence: evidence(None),
+        ..facts(EventType::Update)
+    };
+    check("event.schema.json", &payloads::event(by, ts(), update));
+    let end = EventFacts {
+        evidence: evidence(Some("3-cam0-walking-1/clip.avi")),
+        ..ended(false, EndReason::Quiet, Some(4.0))
+    };
+    let v = serde_json::to_value(payloads::event(by, ts(), end)).unwrap();
+    assert_eq!(v["evidence"]["clip"], "3-cam0-walking-1/clip.avi");
+    check("event.schema.json", &v);
     let msg = payloads::event(by, ts(), restart);
     check("event.schema.json", &msg);
     let v = serde_json::to_value(&msg).unwrap();
@@ -276,9 +297,16 @@ fn discovery_with_entities_and_removals_matches_its_schema_and_maps_every_sensor
         removed: vec!["running".into()],
         sensors: vec!["imu0".into()],
         removed_sensors: vec!["imu1".into()],
+        images: vec![("cam0".into(), "walking".into(), "image/jpeg")],
+        removed_images: vec![("cam0".into(), "running".into())],
     });
     check("ha-discovery.schema.json", &d);
     let v = serde_json::to_value(&d).unwrap();
+    let image = &v["cmps"]["snapshot-cam0-walking"];
+    assert_eq!(image["p"], "image");
+    assert_eq!(image["image_topic"], "sensebind/dock-07/snapshot/cam0/walking");
+    assert_eq!(image["content_type"], "image/jpeg");
+    assert_eq!(v["cmps"]["snapshot-cam0-running"], serde_json::json!({"p": "image"}));
     assert_eq!(v["cmps"]["label-running"], serde_json::json!({"p": "binary_sensor"}));
     assert_eq!(v["cmps"]["sensor-imu1"], serde_json::json!({"p": "binary_sensor"}));
     assert_eq!(v["cmps"]["sensor_switch-imu1"], serde_json::json!({"p": "switch"}));
@@ -300,4 +328,20 @@ fn stats_snapshot_matches_its_schema() {
         "stats.schema.json",
         &metrics.snapshot("dock-07", std::time::Duration::from_secs(60)),
     );
+    // With evidence: the writer's counters and a history ring.
+    use sensebind::evidence::history::{Histories, History};
+    let histories = Histories::default();
+    histories.insert(
+        "cam0",
+        std::sync::Arc::new(History::new(sensebind::modality::Modality::Vision, 5.0, 1 << 20, 0.001)),
+    );
+    let stats = sensebind::evidence::writer::EvidenceStats::default();
+    *stats.last_error.lock().unwrap() = Some("3-cam0-walking-1: clip.avi: Read-only file system".into());
+    let metrics = sensebind::runtime::Metrics {
+        evidence: Some((std::sync::Arc::new(stats), std::sync::Arc::new(histories))),
+        ..sensebind::runtime::Metrics::default()
+    };
+    let snap = serde_json::to_value(metrics.snapshot("dock-07", std::time::Duration::from_secs(60))).unwrap();
+    assert_eq!(snap["evidence"]["history"]["cam0"]["bytes"], 0);
+    check("stats.schema.json", &snap);
 }

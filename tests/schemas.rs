@@ -10,7 +10,7 @@ mod common;
 use common::schema::{load_schema, validate, validate_with};
 use serde_json::json;
 
-const ALL: [&str; 11] = [
+const ALL: [&str; 12] = [
     "event.schema.json",
     "labels.schema.json",
     "stats.schema.json",
@@ -22,6 +22,7 @@ const ALL: [&str; 11] = [
     "ha-discovery.schema.json",
     "prompts-set.schema.json",
     "cmd.schema.json",
+    "evidence-record.schema.json",
 ];
 
 #[test]

@@ -59,6 +59,9 @@ pub struct Config {
     /// Background prompts and `zscore` statistics (docs/prompts.md).
     #[serde(default)]
     pub labels: LabelsConfig,
+    /// Snapshots and clips around events, on disk and over MQTT (docs/evidence.md). Off by default.
+    #[serde(default)]
+    pub evidence: crate::evidence::EvidenceConfig,
     /// The sensors.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,

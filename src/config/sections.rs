@@ -12,7 +12,7 @@ use crate::preprocess::PreprocessConfig;
 use crate::publish::config::MqttConfig;
 use crate::sources::config::{GateConfig, SourceConfig};
 
-const TOP_KEYS: [&str; 11] = [
+const TOP_KEYS: [&str; 12] = [
     "device",
     "runtime",
     "models",
@@ -24,6 +24,7 @@ const TOP_KEYS: [&str; 11] = [
     "prompts",
     "metrics",
     "fusions",
+    "evidence",
 ];
 
 /// Which parts of a configuration deserialised (the others hold defaults and are not validated).
@@ -36,6 +37,7 @@ pub(super) struct Parsed {
     pub(super) preprocess: bool,
     pub(super) events: bool,
     pub(super) labels: bool,
+    pub(super) evidence: bool,
     pub(super) metrics: bool,
     /// Original index of each deserialised source, in order.
     pub(super) source_index: Vec<usize>,
@@ -57,6 +59,7 @@ impl Parsed {
             && self.preprocess
             && self.events
             && self.labels
+            && self.evidence
             && self.metrics
             && self.source_index.len() == self.sources_total
             && self.prompt_index.len() == self.prompts_total
@@ -127,6 +130,8 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
     parsed.events = events.is_some();
     let labels = section::<LabelsConfig>(table.get("labels"), "labels", issues);
     parsed.labels = labels.is_some();
+    let evidence = section::<crate::evidence::EvidenceConfig>(table.get("evidence"), "evidence", issues);
+    parsed.evidence = evidence.is_some();
     // No `[metrics]` section: the endpoint is off.
     let metrics = table
         .get("metrics")
@@ -196,6 +201,7 @@ pub(super) fn deserialize(table: &toml::Table, issues: &mut Issues) -> (Config, 
         preprocess: preprocess.unwrap_or_default(),
         events: events.unwrap_or_default(),
         labels: labels.unwrap_or_default(),
+        evidence: evidence.unwrap_or_default(),
         sources,
         prompts,
         fusions,

@@ -37,6 +37,9 @@ pub(super) fn validate(c: &Config, parsed: &Parsed, issues: &mut Issues) {
     if parsed.labels {
         c.labels.validate(&mut issues.scope("labels"));
     }
+    if parsed.evidence {
+        c.evidence.validate(&mut issues.scope("evidence"));
+    }
     if parsed.preprocess {
         c.preprocess.depth.validate(&mut issues.scope("preprocess.depth"));
         c.preprocess.thermal.validate(&mut issues.scope("preprocess.thermal"));
@@ -137,6 +140,11 @@ fn prompts(c: &Config, parsed: &Parsed, all_names: &[String], issues: &mut Issue
         let i = parsed.prompt_index.get(pos).copied().unwrap_or(pos);
         let mut scope = issues.scope(&format!("prompts[{i}]"));
         check_prompt(pr, &c.events, &known, all_names, &mut scope);
+        if let Some(o) = &pr.evidence {
+            c.evidence
+                .params(Some(o))
+                .validate(c.evidence.history_secs, &mut scope.scope("evidence"));
+        }
         if is_slug(&pr.id) && !ids.insert(pr.id.clone()) {
             scope.push("id", format!("{:?} is used by another prompt", pr.id));
         }

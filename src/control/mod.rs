@@ -19,6 +19,7 @@
 //! injected [`TimeSource`], so its tests run on scripted time.
 
 pub mod commands;
+pub mod evidence;
 pub mod payloads;
 pub mod reload;
 pub mod state;
@@ -310,6 +311,8 @@ pub struct Controller {
     zscores_saved: std::time::Instant,
     /// The configuration file running and what the last reload did.
     file: payloads::FileState,
+    /// `[evidence]`: the events with evidence in progress and the writer's queue (`None`: evidence is off).
+    evidence: Option<evidence::EvidenceState>,
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -351,7 +354,15 @@ impl Controller {
             time: Arc::new(ProcessTime),
             pending: None,
             queued: VecDeque::new(),
+            evidence: None,
         }
+    }
+
+    /// Writes evidence of events through `setup` (`None`: none).
+    #[must_use]
+    pub fn with_evidence(mut self, setup: Option<evidence::EvidenceSetup>) -> Self {
+        self.evidence = setup.map(evidence::EvidenceState::new);
+        self
     }
 
     /// Sends `cmd` `reload` requests to `requests` (the supervisor).
@@ -508,8 +519,9 @@ impl Controller {
                 start_time: ev.start_time,
                 end: Some(end),
                 cause: None,
+                evidence: None,
             };
-            self.publish_event(facts);
+            let _ = self.publish_event(facts);
             tracing::info!(event = %id, "Closed an event left open by the previous run.");
         }
     }
@@ -523,10 +535,14 @@ impl Controller {
     }
 
     /// Publishes one `event/1` message.
-    fn publish_event(&self, facts: EventFacts) {
+    fn publish_event(&self, facts: EventFacts) -> Option<serde_json::Value> {
         let topic = self.s.topics.events(&facts.subject.sensor, &facts.subject.label);
         let payload = payloads::event(self.publisher(), self.wall_ts(), facts);
         self.send(payloads::json_message(topic, &payload, OutMessage::event));
+        // Through the text, so that `event.json` holds exactly what was published (f32 scores as printed).
+        serde_json::to_vec(&payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Remembers a deleted label so its Home Assistant entities are removed (kept for the process lifetime so a
@@ -544,6 +560,12 @@ impl Controller {
         let t = &self.s.topics;
         self.push(OutMessage::state(t.label_state(label), Vec::new()));
         self.push(OutMessage::state(t.label_enabled_state(label), Vec::new()));
+        // Its evidence snapshots (an empty retained message clears a topic; clearing one never set is harmless).
+        if let Some(ev) = &self.evidence {
+            for sensor in self.s.sensors.iter().filter(|s| ev.publishes(s.modality)) {
+                self.push(OutMessage::state(t.snapshot(&sensor.name, label), Vec::new()));
+            }
+        }
     }
 
     fn info(&self) -> payloads::InfoMessage {
@@ -655,9 +677,40 @@ impl Controller {
                 .filter(|r| !self.s.sensors.iter().any(|s| s.name == **r))
                 .cloned()
                 .collect(),
+            images: self.evidence.as_ref().map_or_else(Vec::new, |ev| {
+                let pairs = self.s.sensors.iter().map(|s| (s.name.as_str(), s.modality));
+                ev.snapshot_pairs(pairs, &current)
+            }),
+            removed_images: self.removed_images(&now),
         });
         let topic = format!("{}/device/{}/config", ha.discovery_prefix, self.s.device);
         self.push_retained(topic, &payload);
+    }
+
+    /// The Home Assistant images of deleted labels and removed sensors (with evidence on).
+    fn removed_images(&self, labels_now: &BTreeSet<&str>) -> Vec<(String, String)> {
+        let Some(ev) = &self.evidence else {
+            return Vec::new();
+        };
+        let cameras: Vec<&str> = self
+            .s
+            .sensors
+            .iter()
+            .filter(|s| ev.publishes(s.modality))
+            .map(|s| s.name.as_str())
+            .collect();
+        let gone_labels = self.removed_labels.iter().filter(|l| !labels_now.contains(l.as_str()));
+        let mut out: Vec<(String, String)> = gone_labels
+            .flat_map(|l| cameras.iter().map(move |s| ((*s).to_owned(), l.clone())))
+            .collect();
+        for sensor in self
+            .removed_sensors
+            .iter()
+            .filter(|r| !self.s.sensors.iter().any(|s| s.name == **r))
+        {
+            out.extend(labels_now.iter().map(|l| (sensor.clone(), (*l).to_owned())));
+        }
+        out
     }
 
     fn label_enabled(&self, label: &str) -> bool {
@@ -726,6 +779,12 @@ impl Controller {
                     model: w.model.to_string(),
                 };
                 self.emit(&key, &tr, Some(cause));
+            }
+            if let (Some(ev), Some(id)) = (
+                self.evidence.as_mut(),
+                self.trackers.get(&key).and_then(|s| s.event_id.as_deref()),
+            ) {
+                ev.score(id, w.seq, w.t1, ls.score);
             }
         }
         self.fuse(&sensor.name, t, &scores, times, &w.model);
@@ -891,8 +950,9 @@ impl Controller {
             start_time: start_time.clone(),
             end,
             cause,
+            evidence: None,
         };
-        self.publish_event(facts);
+        self.publish_with_evidence(facts, tr, prompt.map(|p| &p.config));
         // The state file knows the open events, so a crash can be followed by their end.
         let open = &mut self.s.state.state.open_events;
         if tr.kind == TransitionKind::End {
@@ -915,6 +975,67 @@ impl Controller {
             self.save_state();
         }
         self.refresh_label_state(label);
+    }
+
+    /// Publishes an event message; with evidence on, attaches the event's `evidence` and queues its jobs.
+    fn publish_with_evidence(
+        &mut self,
+        mut facts: EventFacts,
+        tr: &Transition,
+        prompt: Option<&crate::labels::PromptConfig>,
+    ) {
+        let modality = self
+            .s
+            .sensors
+            .iter()
+            .find(|s| s.name == facts.subject.sensor)
+            .map(|s| s.modality);
+        let (Some(ev), Some(modality)) = (self.evidence.as_mut(), modality) else {
+            self.publish_event(facts);
+            return;
+        };
+        let id = facts.id.clone();
+        if tr.kind != TransitionKind::Start {
+            facts.evidence = ev.describe(&id, tr.kind == TransitionKind::End);
+        }
+        let (sensor, label) = (facts.subject.sensor.clone(), facts.subject.label.clone());
+        let params = ev.params(modality, prompt);
+        let payload = self.publish_event(facts);
+        let (Some(ev), Some(payload)) = (self.evidence.as_mut(), payload) else {
+            return;
+        };
+        match tr.kind {
+            TransitionKind::Start => {
+                if let Some(p) = params {
+                    ev.started(&id, &sensor, &label, modality, p, tr.started_at, payload);
+                }
+            }
+            TransitionKind::Update => {}
+            TransitionKind::End => ev.ended(&id, tr.at, payload),
+        }
+    }
+
+    /// Evidence on every tick: clips that are due are queued, and a snapshot just written is announced with an
+    /// `update`.
+    fn evidence_tick(&mut self, now: Duration) {
+        let Some(ev) = self.evidence.as_mut() else { return };
+        for id in ev.tick(now) {
+            let Some(key) = self
+                .trackers
+                .iter()
+                .find(|(_, slot)| slot.event_id.as_deref() == Some(id.as_str()))
+                .map(|(k, _)| k.clone())
+            else {
+                continue;
+            };
+            let Some(slot) = self.trackers.get_mut(&key) else {
+                continue;
+            };
+            let at = slot.last_t.max(now);
+            if let Some(tr) = slot.tracker.announce(at) {
+                self.emit(&key, &tr, None);
+            }
+        }
     }
 
     fn count_transition(&self, tr: &Transition, id: &str, label: &str) {
@@ -998,6 +1119,7 @@ impl Controller {
                 self.emit(&key, &tr, None);
             }
         }
+        self.evidence_tick(now);
     }
 
     fn shutdown(&mut self) {
@@ -1573,6 +1695,43 @@ mod tests {
         assert_eq!(answers[1]["result"]["rev"], 2);
         drop(scored_tx);
         task.await.unwrap();
+    }
+
+    /// Issue 16: with evidence on, a deleted label's snapshot topics are cleared for the cameras whose snapshots are
+    /// published, and its Home Assistant images removed.
+    #[test]
+    fn a_deleted_labels_snapshots_are_cleared_and_its_images_removed() {
+        let (mut c, outbox) = setup(
+            PromptConfig::new("walking", "x"),
+            MqttConfig::default(),
+            EventsConfig::default(),
+        );
+        c.s.sensors[0].name = "cam0".into();
+        c.s.sensors[0].modality = Modality::Vision;
+        let config = crate::evidence::EvidenceConfig {
+            enabled: true,
+            ..crate::evidence::EvidenceConfig::default()
+        };
+        let queue = Arc::new(crate::evidence::writer::JobQueue::new(4));
+        c = c.with_evidence(Some(evidence::EvidenceSetup { queue, config }));
+        c.publish_discovery();
+        let msgs = drain(&outbox);
+        let discovery = msgs.iter().rev().find(|m| m.topic.ends_with("/config")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&discovery.payload).unwrap();
+        assert_eq!(v["cmps"]["snapshot-cam0-walking"]["p"], "image");
+        *c.s.prompts.write().unwrap() = Arc::new(PromptSet::new(Vec::new()));
+        c.clear_label_topics("walking");
+        c.remember_removed("walking");
+        c.publish_discovery();
+        let msgs = drain(&outbox);
+        let cleared = msgs
+            .iter()
+            .find(|m| m.topic == "sensebind/dev/snapshot/cam0/walking")
+            .unwrap();
+        assert!(cleared.payload.is_empty() && cleared.retain);
+        let discovery = msgs.iter().rev().find(|m| m.topic.ends_with("/config")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&discovery.payload).unwrap();
+        assert_eq!(v["cmps"]["snapshot-cam0-walking"], serde_json::json!({"p": "image"}));
     }
 
     /// With scripted time the tick ends a quiet event without any real waiting (and sees the scripted clock, not

@@ -232,6 +232,9 @@ pub struct EventMessage {
     pub model: Option<String>,
     /// Prompt-set revision.
     pub config_rev: u64,
+    /// The event's evidence on disk (`update` and `end` of events with `[evidence]`; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<super::evidence::EvidenceRef>,
 }
 
 /// The sensor and label an event is about.
@@ -281,6 +284,8 @@ pub struct EventFacts {
     pub end: Option<EventEnd>,
     /// The window that caused the message, if one did.
     pub cause: Option<WindowCause>,
+    /// The event's evidence, when it has some.
+    pub evidence: Option<super::evidence::EvidenceRef>,
 }
 
 /// A window that caused an event message.
@@ -334,6 +339,7 @@ pub fn event(by: Publisher<'_>, ts: String, f: EventFacts) -> EventMessage {
         session: by.session,
         model,
         config_rev: by.config_rev,
+        evidence: f.evidence,
     }
 }
 
@@ -779,6 +785,8 @@ pub enum Platform {
     BinarySensor,
     /// Switch.
     Switch,
+    /// Image (evidence snapshots).
+    Image,
 }
 
 /// Home Assistant entity categories.
@@ -820,12 +828,29 @@ pub struct HaEntity {
     pub pl_off: &'static str,
 }
 
+/// An `image` entity: the retained snapshot topic of a (sensor, label) pair.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HaImage {
+    /// Platform (`image`).
+    pub p: Platform,
+    /// Unique id.
+    pub unique_id: String,
+    /// Entity name.
+    pub name: String,
+    /// The retained snapshot topic (raw image bytes).
+    pub image_topic: String,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: &'static str,
+}
+
 /// A discovery component: an entity, or a removal stub with only its platform.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum HaComponent {
     /// An entity.
     Entity(Box<HaEntity>),
+    /// An image (the latest evidence snapshot of a camera and label).
+    Image(Box<HaImage>),
     /// Removes the entity of this id.
     Removed {
         /// Platform.
@@ -900,6 +925,10 @@ pub struct DiscoveryInput<'a> {
     pub sensors: Vec<String>,
     /// Sensors removed by a reload (their entities are removed).
     pub removed_sensors: Vec<String>,
+    /// (sensor, label, content type) pairs whose evidence snapshots are published: one `image` each.
+    pub images: Vec<(String, String, &'static str)>,
+    /// (sensor, label) pairs of deleted labels and removed sensors: their `image`s are removed.
+    pub removed_images: Vec<(String, String)>,
 }
 
 fn switch(device: &str, component: &str, name: String, cmd_t: String, stat_t: String) -> HaComponent {
@@ -989,6 +1018,23 @@ pub fn discovery(d: DiscoveryInput<'_>) -> Discovery {
             component.clone(),
             switch(id, &component, format!("{sensor} enabled"), set, state),
         );
+    }
+    for (sensor, label) in d.removed_images {
+        cmps.insert(
+            format!("snapshot-{sensor}-{label}"),
+            HaComponent::Removed { p: Platform::Image },
+        );
+    }
+    for (sensor, label, content_type) in d.images {
+        let component = format!("snapshot-{sensor}-{label}");
+        let image = HaImage {
+            p: Platform::Image,
+            unique_id: format!("{id}_{component}"),
+            name: format!("{sensor} {label} snapshot"),
+            image_topic: t.snapshot(&sensor, &label),
+            content_type,
+        };
+        cmps.insert(component, HaComponent::Image(Box::new(image)));
     }
     let sw = env!("CARGO_PKG_VERSION");
     Discovery {
@@ -1170,6 +1216,53 @@ pub struct StatsMessage {
     pub events: EventStatsEntry,
     /// Configuration reloads.
     pub reloads: ReloadStatsEntry,
+    /// Event evidence (absent when no event writes evidence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceStatsEntry>,
+}
+
+/// `stats/1` `evidence`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvidenceStatsEntry {
+    /// Jobs accepted by the writer's queue.
+    pub jobs_total: u64,
+    /// Jobs refused because the queue was full (that evidence is skipped).
+    pub skipped_total: u64,
+    /// Files written.
+    pub files_total: u64,
+    /// Bytes written.
+    pub bytes_written_total: u64,
+    /// Jobs or retention passes that failed (full or read-only disk, nothing in the history).
+    pub errors_total: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Events deleted by retention.
+    pub deleted_total: u64,
+    /// Bytes under the evidence root.
+    pub bytes_on_disk: u64,
+    /// Events under the evidence root.
+    pub events_on_disk: u64,
+    /// Snapshots published retained.
+    pub snapshots_published_total: u64,
+    /// Snapshots over `snapshot_max_bytes`, not published.
+    pub snapshots_oversize_total: u64,
+    /// Writing time, milliseconds in all.
+    pub write_ms_total: u64,
+    /// Per sensor: its history ring.
+    pub history: BTreeMap<String, HistoryStatsEntry>,
+}
+
+/// `stats/1` `evidence.history.{sensor}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryStatsEntry {
+    /// Bytes held now.
+    pub bytes: u64,
+    /// Bytes pushed since start (its rate is the history's bytes per second).
+    pub bytes_total: u64,
+    /// Samples pushed.
+    pub samples_total: u64,
+    /// Samples dropped early because the ring reached `history_max_bytes`.
+    pub dropped_total: u64,
 }
 
 /// `stats/1` `reloads`.

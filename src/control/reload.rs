@@ -263,6 +263,11 @@ impl Controller {
         let t = &self.s.topics;
         self.push(OutMessage::state(t.sensor_status(name), Vec::new()));
         self.push(OutMessage::state(t.sensor_enabled_state(name), Vec::new()));
+        if self.evidence.is_some() {
+            for label in self.prompts().labels() {
+                self.push(OutMessage::state(t.snapshot(name, &label.id), Vec::new()));
+            }
+        }
     }
 
     /// Remembers a removed sensor so its Home Assistant entities are removed (bounded like removed labels).

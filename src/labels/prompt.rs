@@ -79,6 +79,9 @@ pub struct PromptConfig {
     /// Put the texts into `[labels] templates` (default true; no effect while templates are off).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub templates: bool,
+    /// Overrides of `[evidence]` for this prompt's events (`enabled`, `pre_secs`, `post_secs`, `max_clip_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::evidence::EvidenceOverride>,
 }
 
 fn yes() -> bool {
@@ -173,6 +176,7 @@ impl PromptConfig {
             mode: ScoreMode::Softmax,
             exemplars: Vec::new(),
             templates: true,
+            evidence: None,
         }
     }
 
@@ -307,6 +311,20 @@ pub fn check_prompt(
         && let Err(e) = pr.event_params(events).validate_in(range.clone())
     {
         issues.push("threshold", e);
+    }
+    if let Some(e) = &pr.evidence {
+        for (key, v) in [
+            ("pre_secs", e.pre_secs),
+            ("post_secs", e.post_secs),
+            ("max_clip_secs", e.max_clip_secs),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0 && *v <= 3600.0)) {
+                issues.push(
+                    &format!("evidence.{key}"),
+                    format!("must be between 0 and 3600 seconds, got {v}"),
+                );
+            }
+        }
     }
     if pr.role == PromptRole::Background && pr.device_class.is_some() {
         issues.push("device_class", "a background prompt has no Home Assistant entity");

@@ -94,6 +94,11 @@ impl Topics {
         format!("{}/events/{sensor}/{label}", self.base)
     }
 
+    /// `…/snapshot/{sensor}/{label}`: the latest evidence snapshot (retained JPEG or PNG bytes).
+    pub fn snapshot(&self, sensor: &str, label: &str) -> String {
+        format!("{}/snapshot/{sensor}/{label}", self.base)
+    }
+
     /// `…/embeddings/{sensor}`.
     pub fn embeddings(&self, sensor: &str) -> String {
         format!("{}/embeddings/{sensor}", self.base)

@@ -72,6 +72,7 @@ impl Collector for Page {
             mqtt(e, m)?;
             events(e, m)?;
             reloads(e, m)?;
+            evidence(e, m)?;
         }
         Ok(())
     }
@@ -501,6 +502,58 @@ fn reloads(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> fmt::Result {
     )
 }
 
+fn evidence(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> fmt::Result {
+    let Some((s, histories)) = &m.evidence else {
+        return Ok(());
+    };
+    counter(
+        e,
+        "sensebind_evidence_jobs",
+        "Evidence jobs, by result (skipped: the writer's queue was full; failed: the write or encoding failed).",
+        [
+            ([("result", "accepted")], read(&s.jobs_total)),
+            ([("result", "skipped")], read(&s.skipped_total)),
+            ([("result", "failed")], read(&s.errors_total)),
+        ],
+    )?;
+    counter(
+        e,
+        "sensebind_evidence_written_bytes",
+        "Evidence bytes written.",
+        one(read(&s.bytes_written_total)),
+    )?;
+    counter(
+        e,
+        "sensebind_evidence_deleted_events",
+        "Events deleted by evidence retention.",
+        one(read(&s.deleted_total)),
+    )?;
+    gauge(
+        e,
+        "sensebind_evidence_disk_bytes",
+        "Bytes under the evidence root.",
+        one(read(&s.bytes_on_disk)),
+    )?;
+    let all = histories.all();
+    let rows = |f: fn(&crate::evidence::history::HistoryStats) -> u64| {
+        all.iter()
+            .map(move |(n, h)| ([("component_id", n.as_str())], f(&h.stats)))
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        e,
+        "sensebind_history_bytes",
+        "Bytes held by the sensor's history ring.",
+        rows(|s| read(&s.bytes)),
+    )?;
+    counter(
+        e,
+        "sensebind_history_dropped_samples",
+        "Samples dropped from a history ring before history_secs because it reached history_max_bytes.",
+        rows(|s| read(&s.dropped_total)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +571,38 @@ mod tests {
         assert!(text.contains("sensebind_build_info{version=\""), "{text}");
         assert!(text.contains("\nsensebind_ready 0\n"), "{text}");
         assert!(!text.contains("sensebind_source_"), "{text}");
+    }
+
+    #[test]
+    fn evidence_counters_and_history_rings_are_rendered() {
+        use crate::evidence::history::{Histories, History};
+        let control = Arc::new(ControlStats::default());
+        let stats = crate::evidence::writer::EvidenceStats::default();
+        stats.skipped_total.fetch_add(2, Ordering::Relaxed);
+        stats.errors_total.fetch_add(3, Ordering::Relaxed);
+        let histories = Histories::default();
+        let ring = Arc::new(History::new(crate::modality::Modality::Imu, 1.0, 1 << 20, 0.001));
+        ring.push(crate::sources::Sample::Imu {
+            t: crate::clock::Timestamp(1),
+            values: [0.0; 6],
+        });
+        histories.insert("imu0", ring);
+        let metrics = Metrics {
+            control: Arc::clone(&control),
+            evidence: Some((Arc::new(stats), Arc::new(histories))),
+            ..Metrics::default()
+        };
+        let h = Health::new(false, &Arc::new(MqttStats::default()), &control);
+        h.pipeline_running(&Arc::new(metrics));
+        let text = render(&h).unwrap();
+        for line in [
+            "sensebind_evidence_jobs_total{result=\"skipped\"} 2",
+            "sensebind_evidence_jobs_total{result=\"failed\"} 3",
+            "sensebind_history_bytes{component_id=\"imu0\"} 32",
+            "sensebind_history_dropped_samples_total{component_id=\"imu0\"} 0",
+        ] {
+            assert!(text.lines().any(|t| t == line), "no line {line:?} in\n{text}");
+        }
     }
 
     #[test]

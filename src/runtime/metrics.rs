@@ -11,8 +11,8 @@ use crate::clock;
 use crate::control::ControlStats;
 pub use crate::control::ReloadStats;
 use crate::control::payloads::{
-    EncoderStatsEntry, EventStatsEntry, MqttStatsEntry, PerClass, ReloadStatsEntry, STATS_SCHEMA, SourceStatsEntry,
-    StatsMessage,
+    EncoderStatsEntry, EventStatsEntry, EvidenceStatsEntry, HistoryStatsEntry, MqttStatsEntry, PerClass,
+    ReloadStatsEntry, STATS_SCHEMA, SourceStatsEntry, StatsMessage,
 };
 use crate::modality::Modality;
 use crate::publish::mqtt::MqttStats;
@@ -50,6 +50,11 @@ pub struct Metrics {
     pub prompt_cache_evictions: Arc<AtomicU64>,
     /// Configuration reloads.
     pub reloads: Arc<ReloadStats>,
+    /// `[evidence]`: the writer's counters and the sensors' histories (none when evidence is off).
+    pub evidence: Option<(
+        Arc<crate::evidence::writer::EvidenceStats>,
+        Arc<crate::evidence::history::Histories>,
+    )>,
 }
 
 impl Metrics {
@@ -102,6 +107,7 @@ impl Metrics {
                 sources_restarted_total: read(&self.reloads.sources_restarted_total),
                 last_duration_ms: read(&self.reloads.last_duration_ms),
             },
+            evidence: self.evidence.as_ref().map(|(s, h)| evidence_entry(s, h)),
         }
     }
 
@@ -129,6 +135,40 @@ impl Metrics {
             commands_dropped_total: read(&m.commands_dropped_total),
             subscriptions_denied: m.subscriptions_denied.lock().map(|d| d.clone()).unwrap_or_default(),
         }
+    }
+}
+
+fn evidence_entry(
+    s: &crate::evidence::writer::EvidenceStats,
+    h: &crate::evidence::history::Histories,
+) -> EvidenceStatsEntry {
+    EvidenceStatsEntry {
+        jobs_total: read(&s.jobs_total),
+        skipped_total: read(&s.skipped_total),
+        files_total: read(&s.files_total),
+        bytes_written_total: read(&s.bytes_written_total),
+        errors_total: read(&s.errors_total),
+        last_error: s.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+        deleted_total: read(&s.deleted_total),
+        bytes_on_disk: read(&s.bytes_on_disk),
+        events_on_disk: read(&s.events_on_disk),
+        snapshots_published_total: read(&s.snapshots_published_total),
+        snapshots_oversize_total: read(&s.snapshots_oversize_total),
+        write_ms_total: read(&s.write_us_total) / 1000,
+        history: h
+            .all()
+            .into_iter()
+            .map(|(name, h)| {
+                let st = &h.stats;
+                let entry = HistoryStatsEntry {
+                    bytes: read(&st.bytes),
+                    bytes_total: read(&st.bytes_total),
+                    samples_total: read(&st.pushed_total),
+                    dropped_total: read(&st.dropped_total),
+                };
+                (name, entry)
+            })
+            .collect(),
     }
 }
 

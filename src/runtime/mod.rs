@@ -24,6 +24,7 @@
 //! task flushes the outbox, publishes `offline` and disconnects. Components report their end by closing a
 //! channel ([`tasks`]); any still running at the deadline are named in the log.
 
+pub mod evidence;
 pub mod exposition;
 pub mod health;
 pub mod http;
@@ -111,6 +112,8 @@ struct Running {
     stop_timeout: Duration,
     /// `[metrics]`: `/metrics`, `/healthz`, `/readyz`; stopped last.
     http: Option<http::MetricsServer>,
+    /// `[evidence]`: the writer thread; stopped after the controller.
+    evidence: Option<evidence::EvidenceStage>,
 }
 
 impl Running {
@@ -141,6 +144,7 @@ impl Running {
             to_controller: None,
             stop_timeout: Duration::from_secs(10),
             http: None,
+            evidence: None,
         }
     }
 
@@ -171,6 +175,9 @@ impl Running {
         {
             task.abort();
             stragglers.push("controller".into());
+        }
+        if let Some(e) = self.evidence.take() {
+            stragglers.extend(e.shutdown(deadline).await);
         }
         if let Some(t) = self.stats.take() {
             t.abort();
@@ -314,11 +321,17 @@ pub async fn run(
     running.window_queues = queues;
     running.workers = workers;
     drop(scored_tx);
+    running.evidence = or_fail!(evidence::EvidenceStage::start(loaded, &plan.topics, &outbox));
+    metrics.evidence = running
+        .evidence
+        .as_ref()
+        .map(|e| (Arc::clone(&e.queue.stats), Arc::clone(&e.histories)));
     let (sources, all_done) = or_fail!(stages::start_sources(
         loaded,
         encoders.tokenizer.clone(),
         &running.window_queues,
-        &metrics
+        &metrics,
+        running.evidence.as_ref().map(evidence::EvidenceStage::history_maker),
     ));
     // Reload requests from the controller (`cmd` `reload`) to the supervisor, and the outcomes back; both bounded
     // (a request beyond the limit is refused with a response; the supervisor handles one reload at a time).
@@ -333,7 +346,16 @@ pub async fn run(
         (&prompts, cache),
         (&outbox, &control_stats, &metrics.reloads),
     )
-    .with_reloads(reload_tx);
+    .with_reloads(reload_tx)
+    .with_evidence(
+        running
+            .evidence
+            .as_ref()
+            .map(|e| crate::control::evidence::EvidenceSetup {
+                queue: Arc::clone(&e.queue),
+                config: e.config.clone(),
+            }),
+    );
     running.controller = Some(tokio::spawn(controller.run(scored_rx, command_rx, reloads)));
     running.sources = Some(sources);
     running.pipeline_running(metrics, &health, cfg.runtime.stats_interval_secs);

@@ -9,8 +9,9 @@
 //!   started anew; the others keep running without a gap (their window sequence numbers continue);
 //!   `[preprocess]`, `runtime.ring_secs` and `runtime.ring_max_bytes` restart every source;
 //! - everything else (`[device]`, `[models]`, the MQTT connection, `runtime.state_dir`, `[metrics]`,
-//!   `labels.templates`, …), and a source of a modality whose tower is not loaded, takes effect at the next start:
-//!   `config/state.pending_restart` names it.
+//!   `labels.templates`, `[evidence]` — its writer, history rings and retention are set up at start —, …), and a
+//!   source of a modality whose tower is not loaded, takes effect at the next start: `config/state.pending_restart`
+//!   names it.
 //!
 //! An invalid file changes nothing: the last good configuration keeps running, and the log, `config/state`
 //! (`status: rejected`) and the `cmd/response` give every error with its key path.
@@ -59,6 +60,9 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     pending.extend(changed_keys("labels", &old.labels, &new.labels, LIVE_LABELS));
     // The HTTP server is bound once, before the models load.
     pending.extend(changed_keys("metrics", &old.metrics, &new.metrics, &[]));
+    // The evidence writer, its root and the history rings are set up at start (a prompt's own `evidence` overrides
+    // are part of the prompts and apply live, within the evidence running).
+    pending.extend(changed_keys("evidence", &old.evidence, &new.evidence, &[]));
     let restart_all = value(&old.preprocess) != value(&new.preprocess)
         || RING_RUNTIME
             .iter()
@@ -124,6 +128,7 @@ fn effective(current: &LoadedConfig, new: LoadedConfig, kept_sources: &[String])
     cfg.labels.default_background = old.labels.default_background;
     cfg.labels.templates = old.labels.templates.clone();
     cfg.metrics = old.metrics.clone();
+    cfg.evidence = old.evidence.clone();
     // A source that could not be started keeps its old settings (or stays absent).
     for name in kept_sources {
         let old_entry = old.sources.iter().find(|s| s.name() == name).cloned();
@@ -369,6 +374,11 @@ text = "walking"
         assert!(c.prompts);
         assert_eq!(c.pending_restart, vec!["mqtt.url".to_owned()]);
         assert!(c.changed.is_empty() && c.added.is_empty() && c.removed.is_empty());
+        let with_evidence = format!("{BASE}\n[evidence]\nenabled = true\n");
+        assert_eq!(
+            diff(&parse(BASE), &parse(&with_evidence)).pending_restart,
+            vec!["evidence.enabled".to_owned()]
+        );
         let with_metrics = format!("{BASE}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
         assert_eq!(
             diff(&parse(BASE), &parse(&with_metrics)).pending_restart,

@@ -328,6 +328,8 @@ pub struct SourceStages {
     prepare: PrepareContext,
     /// Each source thread holds a sender of [`AllSourcesDone`]; this one does not keep the channel open.
     done: tokio::sync::mpsc::WeakSender<()>,
+    /// With evidence on: each window stage also feeds its sensor's history ring.
+    pub history: Option<super::evidence::HistoryMaker>,
 }
 
 /// Closes when every source thread has ended (each holds a sender; nothing is ever sent).
@@ -383,6 +385,7 @@ pub fn start_sources(
     tokenizer: Option<Arc<Tokenizer>>,
     queues: &WindowQueues,
     metrics: &Metrics,
+    history: Option<super::evidence::HistoryMaker>,
 ) -> anyhow::Result<(SourceStages, AllSourcesDone)> {
     let cfg = &loaded.config;
     // Never sent on: closed when every source thread has dropped its sender.
@@ -395,6 +398,7 @@ pub fn start_sources(
             tokenizer,
         },
         done: done_tx.downgrade(),
+        history,
     };
     for sc in &cfg.sources {
         // A source that cannot start stops those already started (their threads end by themselves).
@@ -461,6 +465,10 @@ pub fn start_source(
         enabled,
         gate: sc.gate().filter(|g| !g.is_empty()).map(Gate::new),
         run: WINDOW_STAGE_RUNS.fetch_add(1, Ordering::Relaxed),
+        // Text sensors have no evidence, so no history.
+        history: (modality != Modality::Text)
+            .then(|| stages.history.as_ref().map(|h| h.make(sc, &cfg.preprocess)))
+            .flatten(),
     };
     let (window_tracked, window_guard) = Tracked::new(format!("window-{name}"));
     let window_thread = std::thread::Builder::new()
@@ -524,6 +532,8 @@ struct WindowStage {
     /// The source's gate (`gate` in its entry), if any.
     gate: Option<Gate>,
     run: u64,
+    /// The sensor's history for evidence (a frame is an `Arc` clone; see `evidence::history`).
+    history: Option<Arc<crate::evidence::history::History>>,
 }
 
 impl WindowStage {
@@ -536,6 +546,9 @@ impl WindowStage {
             let finished = self.source_done.load(Ordering::SeqCst);
             let n = self.consumer.drain_into(&mut samples);
             for s in samples.drain(..) {
+                if let Some(h) = &self.history {
+                    h.push(s.clone());
+                }
                 cutter.push(s, &mut raws);
             }
             if !self.enabled.load(Ordering::Relaxed) {

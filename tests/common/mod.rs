@@ -292,7 +292,8 @@ impl Drop for Mosquitto {
     }
 }
 
-fn is_root() -> bool {
+/// Whether the tests run as root (directory permissions do not stop root).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
