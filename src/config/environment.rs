@@ -64,7 +64,6 @@ pub(super) fn check(loaded: &LoadedConfig, parsed: &Parsed, issues: &mut Issues)
 
 /// Every exemplar file exists, its tower can be told, and the model directory has that tower.
 fn exemplars(loaded: &LoadedConfig, parsed: &Parsed, manifest: Option<&crate::encode::ModelDir>, issues: &mut Issues) {
-    use std::io::Read;
     for (pos, pr) in loaded.config.prompts.iter().enumerate() {
         let i = parsed.prompt_index.get(pos).copied().unwrap_or(pos);
         for (j, spec) in pr.exemplars.iter().enumerate() {
@@ -76,20 +75,17 @@ fn exemplars(loaded: &LoadedConfig, parsed: &Parsed, manifest: Option<&crate::en
                 );
                 continue;
             };
-            let mut head = Vec::with_capacity(64);
-            if let Err(e) = std::fs::File::open(&path).and_then(|f| f.take(64).read_to_end(&mut head)) {
+            // The file must exist even when its modality is given.
+            if let Err(e) = std::fs::metadata(&path) {
                 issues.push(key, format!("{}: {e}", path.display()));
                 continue;
             }
-            let modality = match spec.modality() {
-                Some(m) => m,
-                None => match crate::labels::exemplar::modality_of(&head, &path) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        issues.push(key, e);
-                        continue;
-                    }
-                },
+            let modality = match spec.tower(&loaded.base) {
+                Ok(m) => m,
+                Err(e) => {
+                    issues.push(key, e);
+                    continue;
+                }
             };
             if let Some(dir) = manifest
                 && dir.tower(modality).is_err()

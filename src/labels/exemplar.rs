@@ -226,6 +226,23 @@ impl ExemplarTowers {
     }
 }
 
+impl ExemplarSpec {
+    /// The tower that embeds this exemplar: `modality` as given, else read from the first bytes of its file
+    /// (`path` resolved against `base_dir`). Errors name the file.
+    pub fn tower(&self, base_dir: &Path) -> Result<Modality, String> {
+        use std::io::Read;
+        if let Some(m) = self.modality() {
+            return Ok(m);
+        }
+        let path = base_dir.join(self.path().ok_or("base64 data has no file yet")?);
+        let mut head = Vec::with_capacity(64);
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(64).read_to_end(&mut head))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        modality_of(&head, &path)
+    }
+}
+
 /// The modality of an exemplar file from its content: images and video → vision, audio → audio, CSV/TSV → IMU;
 /// anything else needs `modality`.
 pub fn modality_of(head: &[u8], path: &Path) -> Result<Modality, String> {

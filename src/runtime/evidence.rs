@@ -101,6 +101,19 @@ impl EvidenceStage {
         }))
     }
 
+    /// The counters `stats` and `/metrics` read: the writer's queue and the histories.
+    pub fn counters(&self) -> (Arc<crate::evidence::writer::EvidenceStats>, Arc<Histories>) {
+        (Arc::clone(&self.queue.stats), Arc::clone(&self.histories))
+    }
+
+    /// What the controller needs: the writer's queue and the configuration.
+    pub fn controller_setup(&self) -> crate::control::evidence::EvidenceSetup {
+        crate::control::evidence::EvidenceSetup {
+            queue: Arc::clone(&self.queue),
+            config: self.config.clone(),
+        }
+    }
+
     /// What the window stages need to keep histories.
     pub fn history_maker(&self) -> HistoryMaker {
         HistoryMaker {

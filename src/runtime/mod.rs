@@ -322,10 +322,7 @@ pub async fn run(
     running.workers = workers;
     drop(scored_tx);
     running.evidence = or_fail!(evidence::EvidenceStage::start(loaded, &plan.topics, &outbox));
-    metrics.evidence = running
-        .evidence
-        .as_ref()
-        .map(|e| (Arc::clone(&e.queue.stats), Arc::clone(&e.histories)));
+    metrics.evidence = running.evidence.as_ref().map(evidence::EvidenceStage::counters);
     let (sources, all_done) = or_fail!(stages::start_sources(
         loaded,
         encoders.tokenizer.clone(),
@@ -347,15 +344,7 @@ pub async fn run(
         (&outbox, &control_stats, &metrics.reloads),
     )
     .with_reloads(reload_tx)
-    .with_evidence(
-        running
-            .evidence
-            .as_ref()
-            .map(|e| crate::control::evidence::EvidenceSetup {
-                queue: Arc::clone(&e.queue),
-                config: e.config.clone(),
-            }),
-    );
+    .with_evidence(running.evidence.as_ref().map(evidence::EvidenceStage::controller_setup));
     running.controller = Some(tokio::spawn(controller.run(scored_rx, command_rx, reloads)));
     running.sources = Some(sources);
     running.pipeline_running(metrics, &health, cfg.runtime.stats_interval_secs);

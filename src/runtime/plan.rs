@@ -180,18 +180,9 @@ fn chosen_prompts(loaded: &LoadedConfig, state: &StateFile, config_hash: &str) -
 /// The modalities of the prompts' exemplars (as given, else from each file's first bytes; a file that cannot be
 /// read is left out here and named when the prompts are embedded).
 fn exemplar_modalities(loaded: &LoadedConfig, prompts: &[PromptConfig]) -> BTreeSet<Modality> {
-    use std::io::Read;
     prompts
         .iter()
         .flat_map(|p| &p.exemplars)
-        .filter_map(|e| {
-            if let Some(m) = e.modality() {
-                return Some(m);
-            }
-            let path = loaded.resolve(std::path::Path::new(e.path()?));
-            let mut head = Vec::with_capacity(64);
-            std::fs::File::open(&path).ok()?.take(64).read_to_end(&mut head).ok()?;
-            crate::labels::exemplar::modality_of(&head, &path).ok()
-        })
+        .filter_map(|e| e.tower(&loaded.base).ok())
         .collect()
 }

@@ -367,22 +367,10 @@ fn exemplar_towers(
     tokenizer: Option<&Arc<Tokenizer>>,
     prompts: &[PromptConfig],
 ) -> anyhow::Result<exemplar::ExemplarTowers> {
-    use std::io::Read;
     let mut towers = std::collections::BTreeMap::new();
     towers.insert(modality, (Arc::clone(encoder), dir.tower(modality)?.sha256.clone()));
     for spec in prompts.iter().flat_map(|p| &p.exemplars) {
-        let m = match (spec.modality(), spec.path()) {
-            (Some(m), _) => m,
-            (None, Some(p)) => {
-                let path = setup.config_dir.join(p);
-                let mut head = Vec::with_capacity(64);
-                std::fs::File::open(&path)
-                    .and_then(|f| f.take(64).read_to_end(&mut head))
-                    .with_context(|| format!("exemplar {}", path.display()))?;
-                exemplar::modality_of(&head, &path).map_err(|e| anyhow!(e))?
-            }
-            (None, None) => continue,
-        };
+        let m = spec.tower(&setup.config_dir).map_err(|e| anyhow!("exemplar {e}"))?;
         if let std::collections::btree_map::Entry::Vacant(slot) = towers.entry(m) {
             let engine = if m == Modality::Text {
                 &setup.text_engine
