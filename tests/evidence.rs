@@ -326,7 +326,8 @@ fn dir_bytes(dir: &Path) -> u64 {
     entries
         .flatten()
         .map(|e| {
-            let meta = e.metadata().unwrap();
+            // Retention may delete an entry between the listing and this call.
+            let Ok(meta) = e.metadata() else { return 0 };
             if meta.is_dir() {
                 dir_bytes(&e.path())
             } else {

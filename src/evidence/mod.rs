@@ -53,7 +53,7 @@ pub struct EvidenceConfig {
     pub max_age_days: f64,
     /// The evidence root; empty: `{state_dir}/evidence`. Relative paths are taken from the configuration file.
     pub path: PathBuf,
-    /// Frame rate of vision clips; 0: the camera's rate measured over the clip.
+    /// Frame rate of vision clips; 0: the camera's rate (from the median interval between its frames).
     pub clip_fps: f64,
     /// JPEG quality (1–100) of snapshots and clip frames.
     pub jpeg_quality: u8,

@@ -432,13 +432,10 @@ impl Writer {
         let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
             return Err("no frames in the sensor's history for the clip".into());
         };
-        let span = (last.0.0.saturating_sub(first.0.0)) as f64 / 1e9;
         let fps = if self.clip_fps > 0.0 {
             self.clip_fps
-        } else if frames.len() >= 2 && span > 0.0 {
-            ((frames.len() - 1) as f64 / span).clamp(0.1, 240.0)
         } else {
-            1.0
+            nominal_fps(frames.iter().map(|f| f.0))
         };
         let end = to.0.max(last.0.0);
         let ticks = ((end - first.0.0) as f64 / 1e9 * fps).floor() as usize + 1;
@@ -471,6 +468,24 @@ impl Writer {
         e.clip = Some("clip.avi".into());
         Ok(())
     }
+}
+
+/// The camera's rate from its frames' times: the median interval between consecutive frames, so that frames
+/// dropped under load (gaps in the times) do not lower it; the clip repeats the last frame over a gap instead.
+/// 1 fps when fewer than two frames have distinct times.
+fn nominal_fps(times: impl Iterator<Item = Timestamp>) -> f64 {
+    let times: Vec<u64> = times.map(|t| t.0).collect();
+    let mut gaps: Vec<u64> = times
+        .windows(2)
+        .filter_map(|w| w[1].checked_sub(w[0]))
+        .filter(|g| *g > 0)
+        .collect();
+    if gaps.is_empty() {
+        return 1.0;
+    }
+    let mid = gaps.len() / 2;
+    let (_, median, _) = gaps.select_nth_unstable(mid);
+    (1e9 / *median as f64).clamp(0.1, 240.0)
 }
 
 /// The audio samples in `[from, to]`, as WAV at the device rate.
@@ -598,6 +613,16 @@ mod tests {
             end: None,
             scores: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_clip_rate_is_the_cameras_even_when_frames_were_dropped() {
+        let period = 33_366_700u64; // 29.97 fps
+        // 100 frames with every fourth one dropped: the mean rate is 22.5 fps, the camera's is 29.97.
+        let times = (0..100u64).filter(|i| i % 4 != 3).map(|i| Timestamp(i * period));
+        assert!((nominal_fps(times) - 29.97).abs() < 0.01);
+        assert_eq!(nominal_fps([Timestamp(5), Timestamp(5)].into_iter()), 1.0);
+        assert_eq!(nominal_fps(std::iter::empty()), 1.0);
     }
 
     #[test]
