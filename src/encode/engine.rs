@@ -1,17 +1,20 @@
-//! Choosing a backend for each tower and loading it: tract, ONNX Runtime, or `auto`.
+//! Choosing a backend for each tower and loading it: tract, ONNX Runtime, wgpu, or `auto`.
 //!
 //! | backend | what runs | when it is available |
 //! |---|---|---|
 //! | `tract` | pure-Rust CPU inference ([`super::tract_cpu`]) | always |
 //! | `onnxruntime` | ONNX Runtime, loaded at run time ([`super::onnxruntime`]); CPU, CUDA or TensorRT | built with the `onnxruntime` feature (default) and the library loads |
-//! | `auto` | ONNX Runtime when its library loads and takes the tower, else tract | always |
+//! | `wgpu` | compute shaders on a Vulkan adapter ([`super::wgpu`]), CPU adapters such as lavapipe included | built with the `wgpu` feature (default) and an adapter opens |
+//! | `auto` | the first that runs, in this order: ONNX Runtime with a configured GPU provider that starts; wgpu on a hardware adapter; ONNX Runtime on its CPU provider; tract | always |
 //!
-//! `auto` logs once per process what it chose and why; a tower ONNX Runtime rejects falls back to tract with a
-//! warning naming the tower. An explicit `onnxruntime` never falls back: a missing library is an error that says
-//! where it looked.
+//! `auto` logs each choice once per process with its reason; a backend that cannot run a tower (an op it lacks)
+//! passes it to the next with a warning naming the tower. Errors of the model itself (checksum, missing file,
+//! missing tower) stop the search. An explicit backend never falls back: a missing library or adapter is an error
+//! that says what was looked for.
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::options::{Backend, EngineOptions, OnnxRuntimeConfig};
 use super::{EncodeError, Encoder, ModelDir, Precision, TractEncoder};
@@ -35,36 +38,95 @@ pub fn load(
     match options.backend {
         Backend::Tract => load_tract(source, modality, options),
         Backend::Onnxruntime => load_onnxruntime(source, modality, options),
-        Backend::Auto => match onnxruntime_status(&options.onnxruntime) {
-            Ok(library) => {
-                AUTO_NOTICE.call_once(|| {
-                    tracing::info!(library = %library, "Backend auto: using ONNX Runtime (its library loaded).");
-                });
-                match load_onnxruntime(source, modality, options) {
-                    Ok(encoder) => Ok(encoder),
-                    Err(
-                        e @ (EncodeError::Checksum { .. }
-                        | EncodeError::MissingFile { .. }
-                        | EncodeError::NoTower { .. }),
-                    ) => Err(e),
-                    Err(e) => {
-                        tracing::warn!(
-                            modality = %modality,
-                            error = %e,
-                            "Backend auto: ONNX Runtime cannot run this tower; using tract for it."
-                        );
-                        load_tract(source, modality, options)
-                    }
-                }
+        Backend::Wgpu => load_wgpu(source, modality, options, false),
+        Backend::Auto => load_auto(source, modality, options),
+    }
+}
+
+/// Errors of the model itself: no other backend would do better.
+fn is_model_error(e: &EncodeError) -> bool {
+    matches!(
+        e,
+        EncodeError::Checksum { .. } | EncodeError::MissingFile { .. } | EncodeError::NoTower { .. }
+    )
+}
+
+fn load_auto(
+    source: ModelSource<'_>,
+    modality: Modality,
+    options: &EngineOptions,
+) -> Result<Arc<dyn Encoder>, EncodeError> {
+    let ort = onnxruntime_status(&options.onnxruntime);
+    // 1. ONNX Runtime with a GPU provider, when one is configured and starts.
+    if ort.is_ok()
+        && options
+            .onnxruntime
+            .execution_providers
+            .iter()
+            .any(|p| p.name() != "cpu")
+    {
+        match load_onnxruntime_gpu(source, modality, options) {
+            Ok(Some((encoder, provider))) => {
+                notice(format!(
+                    "ONNX Runtime with its {provider} provider (configured, and it started)"
+                ));
+                return Ok(encoder);
             }
-            Err(why) => {
-                AUTO_NOTICE.call_once(|| {
-                    tracing::info!(reason = %why, "Backend auto: using tract (ONNX Runtime is not available).");
-                });
+            Ok(None) => notice("not ONNX Runtime's GPU providers: none of those configured started".into()),
+            Err(e) if is_model_error(&e) => return Err(e),
+            Err(e) => warn_next(modality, "ONNX Runtime", &e),
+        }
+    }
+    // 2. wgpu on a hardware adapter.
+    match wgpu_status(options, true) {
+        Ok(adapter) => match load_wgpu(source, modality, options, true) {
+            Ok(encoder) => {
+                notice(format!("wgpu on {adapter} (a hardware adapter)"));
+                return Ok(encoder);
+            }
+            Err(e) if is_model_error(&e) => return Err(e),
+            Err(e) => warn_next(modality, "wgpu", &e),
+        },
+        Err(why) => notice(format!("not wgpu: {why}")),
+    }
+    // 3. ONNX Runtime on the CPU; 4. tract.
+    match ort {
+        Ok(library) => match load_onnxruntime(source, modality, options) {
+            Ok(encoder) => {
+                notice(format!("ONNX Runtime on the CPU (its library loaded from {library})"));
+                Ok(encoder)
+            }
+            Err(e) if is_model_error(&e) => Err(e),
+            Err(e) => {
+                warn_next(modality, "ONNX Runtime", &e);
                 load_tract(source, modality, options)
             }
         },
+        Err(why) => {
+            notice(format!("tract (ONNX Runtime is not available: {why})"));
+            load_tract(source, modality, options)
+        }
     }
+}
+
+/// Logs an `auto` decision the first time it is made in this process.
+fn notice(choice: String) {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    if SEEN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(choice.clone())
+    {
+        tracing::info!("Backend auto: {choice}.");
+    }
+}
+
+fn warn_next(modality: Modality, backend: &str, e: &EncodeError) {
+    tracing::warn!(
+        modality = %modality,
+        error = %e,
+        "Backend auto: {backend} cannot run this tower; trying the next backend."
+    );
 }
 
 /// The backends that can run here, in reporting order, each with why not when it cannot.
@@ -72,10 +134,9 @@ pub fn available_backends(options: &OnnxRuntimeConfig) -> Vec<(Backend, Result<(
     vec![
         (Backend::Tract, Ok(())),
         (Backend::Onnxruntime, onnxruntime_status(options).map(|_| ())),
+        (Backend::Wgpu, wgpu_status(&EngineOptions::default(), false).map(|_| ())),
     ]
 }
-
-static AUTO_NOTICE: Once = Once::new();
 
 fn load_tract(
     source: ModelSource<'_>,
@@ -123,6 +184,87 @@ fn load_onnxruntime(
         backend: "onnxruntime",
         reason: NOT_BUILT.into(),
     })
+}
+
+/// ONNX Runtime with the configured providers; `None` when only its CPU provider started.
+#[cfg(feature = "onnxruntime")]
+fn load_onnxruntime_gpu(
+    source: ModelSource<'_>,
+    modality: Modality,
+    options: &EngineOptions,
+) -> Result<Option<(Arc<dyn Encoder>, &'static str)>, EncodeError> {
+    use super::onnxruntime::OrtEncoder;
+    let encoder = match source {
+        ModelSource::Dir(dir) => OrtEncoder::from_model_dir(dir, modality, options)?,
+        ModelSource::Onnx(path) => OrtEncoder::from_onnx(path, modality, options)?,
+    };
+    Ok(match encoder.providers().iter().find(|p| **p != "cpu") {
+        Some(&provider) => Some((Arc::new(encoder), provider)),
+        None => None,
+    })
+}
+
+#[cfg(not(feature = "onnxruntime"))]
+fn load_onnxruntime_gpu(
+    _source: ModelSource<'_>,
+    _modality: Modality,
+    _options: &EngineOptions,
+) -> Result<Option<(Arc<dyn Encoder>, &'static str)>, EncodeError> {
+    Ok(None)
+}
+
+#[cfg(feature = "wgpu")]
+fn load_wgpu(
+    source: ModelSource<'_>,
+    modality: Modality,
+    options: &EngineOptions,
+    hardware_only: bool,
+) -> Result<Arc<dyn Encoder>, EncodeError> {
+    use super::wgpu::{WgpuEncoder, WgpuOptions};
+    let mut batch_plans = options.batch_plans.clone();
+    batch_plans.push(options.max_batch.max(1));
+    let wgpu = WgpuOptions {
+        hardware_only,
+        adapter: options.wgpu_adapter.clone(),
+        batch_plans,
+        verify_checksum: options.verify_checksum,
+    };
+    if let ModelSource::Dir(dir) = source
+        && dir.tower(modality).is_ok_and(|t| t.precision == Precision::Int8)
+    {
+        return Err(EncodeError::Backend {
+            backend: "wgpu",
+            reason: format!("the {modality} tower is int8, which the wgpu kernels do not run (f32 only)"),
+        });
+    }
+    Ok(Arc::new(match source {
+        ModelSource::Dir(dir) => WgpuEncoder::from_model_dir(dir, modality, &wgpu)?,
+        ModelSource::Onnx(path) => WgpuEncoder::from_onnx(path, modality, &wgpu)?,
+    }))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn load_wgpu(
+    _source: ModelSource<'_>,
+    _modality: Modality,
+    _options: &EngineOptions,
+    _hardware_only: bool,
+) -> Result<Arc<dyn Encoder>, EncodeError> {
+    Err(EncodeError::Backend {
+        backend: "wgpu",
+        reason: "this sensebind was built without the `wgpu` feature".into(),
+    })
+}
+
+/// The adapter wgpu would run on, or why there is none.
+#[cfg(feature = "wgpu")]
+fn wgpu_status(options: &EngineOptions, hardware_only: bool) -> Result<String, String> {
+    super::wgpu::open(hardware_only, options.wgpu_adapter.as_deref()).map(|gpu| gpu.adapter().to_string())
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_status(_options: &EngineOptions, _hardware_only: bool) -> Result<String, String> {
+    Err("this sensebind was built without the `wgpu` feature".into())
 }
 
 #[cfg(not(feature = "onnxruntime"))]

@@ -5,8 +5,9 @@
 //! [`embed`] adds what ImageBind's forward does around the tower: images become 2-frame clips, multi-clip inputs
 //! (video: 15 clips, audio: 3) are embedded clip by clip and averaged.
 //!
-//! Backends: [`tract_cpu`] (pure Rust, always available) and [`onnxruntime`] (ONNX Runtime loaded at run time,
-//! feature `onnxruntime`); [`engine`] picks one per tower (`auto`, `tract`, `onnxruntime`).
+//! Backends: [`tract_cpu`] (pure Rust, always available), [`onnxruntime`] (ONNX Runtime loaded at run time,
+//! feature `onnxruntime`) and [`wgpu`] (compute shaders on a Vulkan device, feature `wgpu`); [`engine`] picks one
+//! per tower (`auto`, `tract`, `onnxruntime`, `wgpu`).
 
 pub mod engine;
 pub mod manifest;
@@ -15,12 +16,14 @@ pub mod onnxruntime;
 pub mod options;
 pub mod tract_cpu;
 pub mod verify;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::path::{Path, PathBuf};
 
 pub use engine::ModelSource;
 pub use manifest::{Manifest, ModelDir, Precision, TowerManifest};
-pub use options::{Backend, EngineOptions, ExecutionProviderConfig, ModelsConfig, OnnxRuntimeConfig};
+pub use options::{Backend, EngineOptions, ExecutionProviderConfig, ModelsConfig, OnnxRuntimeConfig, WgpuConfig};
 pub use tract_cpu::{TractEncoder, TractOptions};
 
 use crate::modality::Modality;

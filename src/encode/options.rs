@@ -15,13 +15,17 @@ use crate::modality::Modality;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
-    /// ONNX Runtime when its library loads, else tract (logged once).
+    /// The first that runs here, in this order: ONNX Runtime with a configured GPU provider that starts, wgpu on a
+    /// hardware adapter, ONNX Runtime on the CPU, tract (the choice is logged once with its reason).
     #[default]
     Auto,
     /// Pure-Rust CPU inference (always available).
     Tract,
     /// ONNX Runtime loaded at run time: CPU, CUDA or TensorRT execution providers.
     Onnxruntime,
+    /// Compute shaders on a wgpu (Vulkan) adapter: the best there is, a CPU implementation such as lavapipe
+    /// included (built with the `wgpu` feature, default).
+    Wgpu,
 }
 
 impl Backend {
@@ -31,6 +35,7 @@ impl Backend {
             Self::Auto => "auto",
             Self::Tract => "tract",
             Self::Onnxruntime => "onnxruntime",
+            Self::Wgpu => "wgpu",
         }
     }
 }
@@ -43,8 +48,9 @@ impl std::str::FromStr for Backend {
             "auto" => Ok(Self::Auto),
             "tract" => Ok(Self::Tract),
             "onnxruntime" => Ok(Self::Onnxruntime),
+            "wgpu" => Ok(Self::Wgpu),
             other => Err(format!(
-                "unknown backend {other:?}; expected auto, tract or onnxruntime"
+                "unknown backend {other:?}; expected auto, tract, onnxruntime or wgpu"
             )),
         }
     }
@@ -165,6 +171,10 @@ pub struct EngineOptions {
     pub onnxruntime: OnnxRuntimeConfig,
     /// Where TensorRT keeps its engine and timing caches (the daemon: `<runtime.state_dir>/tensorrt`).
     pub cache_dir: Option<PathBuf>,
+    /// Most rows per encoder call: wgpu builds a plan for this batch size besides `batch_plans`.
+    pub max_batch: usize,
+    /// The wgpu adapter to use (part of its name), if not the best one.
+    pub wgpu_adapter: Option<String>,
 }
 
 impl Default for EngineOptions {
@@ -177,6 +187,8 @@ impl Default for EngineOptions {
             batch_plans: tract.batch_plans,
             onnxruntime: OnnxRuntimeConfig::default(),
             cache_dir: None,
+            max_batch: 4,
+            wgpu_adapter: None,
         }
     }
 }
@@ -206,8 +218,9 @@ impl EngineOptions {
 pub struct ModelsConfig {
     /// Model directory (manifest.toml + one ONNX file per modality). Relative to the configuration file.
     pub dir: PathBuf,
-    /// Inference backend for every tower: `auto` (ONNX Runtime when its library loads, else tract), `tract` or
-    /// `onnxruntime`. `[models.towers.<modality>]` overrides it per tower.
+    /// Inference backend for every tower: `auto` (in order: ONNX Runtime with a GPU provider that starts, wgpu on a
+    /// hardware adapter, ONNX Runtime on the CPU, tract), `tract`, `onnxruntime` or `wgpu`.
+    /// `[models.towers.<modality>]` overrides it per tower.
     pub backend: Backend,
     /// Engine threads per encoder.
     pub threads: usize,
@@ -220,11 +233,23 @@ pub struct ModelsConfig {
     /// Check every ONNX file's sha256 against the manifest at start-up.
     pub verify_checksums: bool,
     /// tract: batch sizes that get a plan optimised for that size (faster, one more copy of the weights each).
+    /// wgpu: the batch sizes it builds plans for, with `max_batch` (weights shared, activations per plan).
     pub batch_plans: Vec<usize>,
     /// The ONNX Runtime library and its execution providers.
     pub onnxruntime: OnnxRuntimeConfig,
+    /// The wgpu backend's adapter.
+    pub wgpu: WgpuConfig,
     /// Per-tower overrides of `backend` and `threads`.
     pub towers: TowersConfig,
+}
+
+/// `[models.wgpu]`: which adapter the wgpu backend uses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WgpuConfig {
+    /// Part of the adapter's name (case-insensitive; `sensebind devices` lists them). Unset: the best adapter —
+    /// discrete, integrated, virtual, then (for `backend = "wgpu"` only) a CPU implementation such as lavapipe.
+    pub adapter: Option<String>,
 }
 
 /// `[models.towers]`: one optional table per modality.
@@ -283,6 +308,8 @@ impl ModelsConfig {
             batch_plans: self.batch_plans.clone(),
             onnxruntime,
             cache_dir: Some(state_dir.join("tensorrt")),
+            max_batch: self.max_batch,
+            wgpu_adapter: self.wgpu.adapter.clone(),
         }
     }
 }
@@ -309,6 +336,7 @@ impl Default for ModelsConfig {
             verify_checksums: true,
             batch_plans: vec![1],
             onnxruntime: OnnxRuntimeConfig::default(),
+            wgpu: WgpuConfig::default(),
             towers: TowersConfig::default(),
         }
     }

@@ -185,7 +185,47 @@ struct Prepared {
     fixed_batch: Option<usize>,
 }
 
-fn prepare(path: &Path, threads: usize, batch_plans: &[usize]) -> anyhow::Result<Prepared> {
+/// A tower parsed by tract, typed, with its input and output checked: what every backend that reuses tract's
+/// graph starts from.
+pub(crate) struct Parsed {
+    /// The typed graph (batch dimension symbolic unless the file fixes it).
+    pub typed: TypedModel,
+    /// Per-clip input shape.
+    pub input_shape: Vec<usize>,
+    /// Input element type.
+    pub input_dtype: DType,
+    /// Embedding dimension.
+    pub output_dim: usize,
+    /// The batch size the file fixes, if any.
+    pub fixed_batch: Option<usize>,
+    /// The batch dimension as the graph has it.
+    pub batch_dim: TDim,
+}
+
+impl Parsed {
+    /// The graph for batches of exactly `batch` rows, decluttered.
+    #[cfg(feature = "wgpu")]
+    pub fn decluttered(&self, batch: usize) -> anyhow::Result<TypedModel> {
+        let typed = match &self.batch_dim {
+            TDim::Sym(symbol) => {
+                let subs = std::iter::once((symbol.clone(), TDim::Val(batch as i64))).collect();
+                self.typed.set_symbols(&subs)?
+            }
+            _ => self.typed.clone(),
+        };
+        Ok(typed.into_decluttered()?)
+    }
+
+    /// The graph for batches of `batch` rows lowered to wgpu kernel launches.
+    #[cfg(feature = "wgpu")]
+    pub fn lowered(&self, batch: usize) -> anyhow::Result<super::wgpu::plan::Program> {
+        super::wgpu::plan::lower(&self.decluttered(batch)?)
+    }
+}
+
+/// Parses an ONNX tower with tract and checks it has one input (f32 or i64, batch first) and a `[batch, dim]` f32
+/// output.
+pub(crate) fn parse(path: &Path) -> anyhow::Result<Parsed> {
     let model = tract_onnx::onnx().model_for_path(path)?;
     anyhow::ensure!(
         model.inputs.len() == 1,
@@ -207,6 +247,7 @@ fn prepare(path: &Path, threads: usize, batch_plans: &[usize]) -> anyhow::Result
         dims.len()
     );
     let fixed_batch = dims[0].to_usize().ok();
+    let batch_dim = dims[0].clone();
     let input_shape = dims[1..]
         .iter()
         .map(|d| d.to_usize())
@@ -232,13 +273,32 @@ fn prepare(path: &Path, threads: usize, batch_plans: &[usize]) -> anyhow::Result
     let output_dim = out_dims[1]
         .to_usize()
         .map_err(|_| anyhow::anyhow!("the graph output {:?} has a symbolic dimension", output_fact.shape))?;
+    Ok(Parsed {
+        typed,
+        input_shape,
+        input_dtype,
+        output_dim,
+        fixed_batch,
+        batch_dim,
+    })
+}
+
+fn prepare(path: &Path, threads: usize, batch_plans: &[usize]) -> anyhow::Result<Prepared> {
+    let Parsed {
+        typed,
+        input_shape,
+        input_dtype,
+        output_dim,
+        fixed_batch,
+        batch_dim,
+    } = parse(path)?;
     let options = RunOptions {
         executor: (threads > 1)
             .then(|| tract_linalg::multithread::Executor::multithread_with_name(threads, "sensebind-tract")),
         ..RunOptions::default()
     };
     let mut fixed_plans = Vec::new();
-    if let TDim::Sym(symbol) = dims[0] {
+    if let TDim::Sym(symbol) = &batch_dim {
         let mut sizes: Vec<usize> = batch_plans.iter().copied().filter(|&b| b >= 1).collect();
         sizes.sort_unstable();
         sizes.dedup();

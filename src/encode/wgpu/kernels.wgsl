@@ -1,0 +1,358 @@
+// Compute kernels of the wgpu backend (src/encode/wgpu). One module, one bind group layout for every entry point:
+//   0: parameters (a 256-byte slice of one uniform buffer), 1–3: inputs, 4: the output.
+// Tensors are flat arrays of 32-bit words: f32, or i32 stored bit for bit (indices, token ids).
+// Parameter words are documented per kernel; `plan.rs` writes them.
+
+struct Params { v: array<vec4<u32>, 16> }
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> A: array<f32>;
+@group(0) @binding(2) var<storage, read> B: array<f32>;
+@group(0) @binding(3) var<storage, read> C: array<f32>;
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+
+const WG: u32 = 256u;
+
+fn p(i: u32) -> u32 { return P.v[i / 4u][i % 4u]; }
+fn pf(i: u32) -> f32 { return bitcast<f32>(p(i)); }
+
+// The element a thread of a 1-D launch handles (launches are folded into x·y workgroups of WG threads).
+fn gid(wg: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 { return (wg.y * nwg.x + wg.x) * WG + li; }
+
+// Strided tensors: the shape is words 4..9 (rank in word 1), strides at `sbase`..sbase+5.
+// The offset of the i-th element (row-major over the shape) with those strides.
+fn at(i: u32, sbase: u32, off: u32) -> u32 {
+    var rem = i;
+    var o = off;
+    let r = p(1u);
+    for (var d = 0u; d < r; d++) {
+        let ax = r - 1u - d;
+        let size = p(4u + ax);
+        o += (rem % size) * p(sbase + ax);
+        rem = rem / size;
+    }
+    return o;
+}
+
+// copy: words 0 n, 1 rank, 4..9 shape, 10..15 input strides, 22 input offset, 24..29 output strides,
+// 30 output offset. Transposes, slices, broadcasts and concatenation.
+@compute @workgroup_size(256)
+fn copy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let i = gid(wg, nwg, li);
+    if (i >= p(0u)) { return; }
+    O[at(i, 24u, p(30u))] = A[at(i, 10u, p(22u))];
+}
+
+// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, under f32's resolution near 1).
+fn erf_(x: f32) -> f32 {
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
+        * exp(-a * a);
+    return select(y, -y, x < 0.0);
+}
+
+fn unary(x: f32, op: u32) -> f32 {
+    switch op {
+        case 0u: { return erf_(x); }
+        case 1u: { return 1.0 / x; }
+        case 2u: { return sqrt(x); }
+        case 3u: { return inverseSqrt(x); }
+        case 4u: { return x * x; }
+        case 5u: { return exp(x); }
+        case 6u: { return abs(x); }
+        case 7u: { return -x; }
+        case 8u: { return tanh(x); }
+        case 9u: { return 1.0 / (1.0 + exp(-x)); }
+        case 10u: { return log(x); }
+        default: { return x; }
+    }
+}
+
+// unary: words 0 n, 1 rank, 2 op, 4..9 shape, 10..15 input strides, 22 input offset. Output contiguous.
+@compute @workgroup_size(256)
+fn map(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) li: u32) {
+    let i = gid(wg, nwg, li);
+    if (i >= p(0u)) { return; }
+    O[i] = unary(A[at(i, 10u, p(22u))], p(2u));
+}
+
+// binary: words 0 n, 1 rank, 2 op, 4..9 output shape, 10..15 / 16..21 strides of a / b (0 where broadcast),
+// 22 / 23 their offsets. Output contiguous.
+@compute @workgroup_size(256)
+fn zip(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) li: u32) {
+    let i = gid(wg, nwg, li);
+    if (i >= p(0u)) { return; }
+    let a = A[at(i, 10u, p(22u))];
+    let b = B[at(i, 16u, p(23u))];
+    var y: f32;
+    switch p(2u) {
+        case 0u: { y = a + b; }
+        case 1u: { y = a - b; }
+        case 2u: { y = a * b; }
+        case 3u: { y = a / b; }
+        case 4u: { y = max(a, b); }
+        case 5u: { y = min(a, b); }
+        default: { y = pow(a, b); }
+    }
+    O[i] = y;
+}
+
+// Reductions over the middle axis of a contiguous [outer, len, inner] input, one thread per output:
+// words 0 outer·inner, 2 op (0 sum, 1 max, 2 min, 3 argmax, 4 argmin, 5 mean of squares, 6 product),
+// 3 1 when the input holds i32, 4 len, 5 inner. argmax/argmin write i32 (the first extreme).
+@compute @workgroup_size(256)
+fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let i = gid(wg, nwg, li);
+    if (i >= p(0u)) { return; }
+    let len = p(4u);
+    let inner = p(5u);
+    let base = (i / inner) * len * inner + i % inner;
+    let op = p(2u);
+    let ints = p(3u) == 1u;
+    var acc = select(0.0, 1.0, op == 6u);
+    var best = 0u;
+    for (var k = 0u; k < len; k++) {
+        let raw = A[base + k * inner];
+        let x = select(raw, f32(bitcast<i32>(raw)), ints);
+        if (k == 0u && (op == 1u || op == 2u || op == 3u || op == 4u)) { acc = x; continue; }
+        switch op {
+            case 0u: { acc += x; }
+            case 1u: { acc = max(acc, x); }
+            case 2u: { acc = min(acc, x); }
+            case 3u: { if (x > acc) { acc = x; best = k; } }
+            case 4u: { if (x < acc) { acc = x; best = k; } }
+            case 5u: { acc += x * x; }
+            default: { acc *= x; }
+        }
+    }
+    if (op == 3u || op == 4u) {
+        O[i] = bitcast<f32>(i32(best));
+    } else if (op == 5u) {
+        O[i] = acc / f32(len);
+    } else {
+        O[i] = select(acc, bitcast<f32>(i32(acc)), ints);
+    }
+}
+
+var<workgroup> red: array<f32, 256>;
+
+// The sum (max when `is_max`) of `x` over the workgroup, in every thread.
+fn wg_reduce(x: f32, li: u32, is_max: bool) -> f32 {
+    red[li] = x;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (li < s) {
+            red[li] = select(red[li] + red[li + s], max(red[li], red[li + s]), is_max);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Softmax and RMS normalisation over rows of a contiguous [rows, len] input, one workgroup per row:
+// words 0 rows, 2 op (0 softmax, 1 rms norm), 4 len, 6 epsilon (f32 bits).
+@compute @workgroup_size(256)
+fn rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let row = wg.y * nwg.x + wg.x;
+    if (row >= p(0u)) { return; }
+    let len = p(4u);
+    let base = row * len;
+    if (p(2u) == 0u) {
+        var m = -3.4028235e38;
+        for (var k = li; k < len; k += WG) { m = max(m, A[base + k]); }
+        m = wg_reduce(m, li, true);
+        var s = 0.0;
+        for (var k = li; k < len; k += WG) { s += exp(A[base + k] - m); }
+        s = wg_reduce(s, li, false);
+        for (var k = li; k < len; k += WG) { O[base + k] = exp(A[base + k] - m) / s; }
+    } else {
+        var s = 0.0;
+        for (var k = li; k < len; k += WG) { let x = A[base + k]; s += x * x; }
+        s = wg_reduce(s, li, false);
+        let scale = inverseSqrt(s / f32(len) + pf(6u));
+        for (var k = li; k < len; k += WG) { O[base + k] = A[base + k] * scale; }
+    }
+}
+
+// The same over the middle axis of [outer, len, inner] when inner > 1, one thread per (outer, inner).
+@compute @workgroup_size(256)
+fn rows_strided(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let i = gid(wg, nwg, li);
+    if (i >= p(0u)) { return; }
+    let len = p(4u);
+    let inner = p(5u);
+    let base = (i / inner) * len * inner + i % inner;
+    if (p(2u) == 0u) {
+        var m = -3.4028235e38;
+        for (var k = 0u; k < len; k++) { m = max(m, A[base + k * inner]); }
+        var s = 0.0;
+        for (var k = 0u; k < len; k++) { s += exp(A[base + k * inner] - m); }
+        for (var k = 0u; k < len; k++) { O[base + k * inner] = exp(A[base + k * inner] - m) / s; }
+    } else {
+        var s = 0.0;
+        for (var k = 0u; k < len; k++) { let x = A[base + k * inner]; s += x * x; }
+        let scale = inverseSqrt(s / f32(len) + pf(6u));
+        for (var k = 0u; k < len; k++) { O[base + k * inner] = A[base + k * inner] * scale; }
+    }
+}
+
+// Batched matrix product C = A·B with arbitrary strides (transposes are free):
+// words 0 M, 1 N, 2 K, 3 batches, 4..7 batch sizes (4 axes, row-major), 8..11 / 12..15 / 16..19 batch strides of
+// A / B / C, 20 A m-stride, 21 A k-stride, 22 B k-stride, 23 B n-stride, 24 C m-stride, 25 C n-stride,
+// 26 / 27 / 28 offsets of A / B / C. 64×64 tiles, 16×16 threads of 4×4 outputs each; workgroups (N/64, M/64, batches).
+var<workgroup> ta: array<array<f32, 64>, 16>;
+var<workgroup> tb: array<array<f32, 64>, 16>;
+
+@compute @workgroup_size(16, 16)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let M = p(0u);
+    let N = p(1u);
+    let K = p(2u);
+    var rem = wg.z;
+    var oa = p(26u);
+    var ob = p(27u);
+    var oc = p(28u);
+    for (var d = 0u; d < 4u; d++) {
+        let ax = 3u - d;
+        let c = rem % p(4u + ax);
+        rem = rem / p(4u + ax);
+        oa += c * p(8u + ax);
+        ob += c * p(12u + ax);
+        oc += c * p(16u + ax);
+    }
+    let am = p(20u);
+    let ak = p(21u);
+    let bk = p(22u);
+    let bn = p(23u);
+    let row0 = wg.y * 64u;
+    let col0 = wg.x * 64u;
+    let t = lid.y * 16u + lid.x;
+    var acc: array<array<f32, 4>, 4>;
+    for (var k0 = 0u; k0 < K; k0 += 16u) {
+        // 1024 elements of each tile, 4 per thread.
+        for (var e = 0u; e < 4u; e++) {
+            let idx = t + e * 256u;
+            let kk = idx / 64u;
+            let mm = idx % 64u;
+            let gk = k0 + kk;
+            let gm = row0 + mm;
+            let gn = col0 + mm;
+            ta[kk][mm] = select(0.0, A[oa + gm * am + gk * ak], gk < K && gm < M);
+            tb[kk][mm] = select(0.0, B[ob + gk * bk + gn * bn], gk < K && gn < N);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var r = 0u; r < 4u; r++) {
+                a[r] = ta[kk][lid.y * 4u + r];
+                b[r] = tb[kk][lid.x * 4u + r];
+            }
+            for (var r = 0u; r < 4u; r++) {
+                for (var c = 0u; c < 4u; c++) {
+                    acc[r][c] = fma(a[r], b[c], acc[r][c]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let gm = row0 + lid.y * 4u + r;
+        for (var c = 0u; c < 4u; c++) {
+            let gn = col0 + lid.x * 4u + c;
+            if (gm < M && gn < N) {
+                O[oc + gm * p(24u) + gn * p(25u)] = acc[r][c];
+            }
+        }
+    }
+}
+
+// Direct convolution, NC(D)(H)W, groups of 1: words 0 outputs, 1 Cin, 2 Cout, 3 1 with a bias (C), 4..6 input
+// D H W, 7..9 output D H W, 10..12 kernel, 13..15 strides, 16..18 padding before, 19..21 dilations.
+// A input [N, Cin, D, H, W], B kernel [Cout, Cin, kd, kh, kw], C bias [Cout].
+@compute @workgroup_size(256)
+fn conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let i = gid(wg, nwg, li);
+    if (i >= p(0u)) { return; }
+    let ow = i % p(9u);
+    let oh = (i / p(9u)) % p(8u);
+    let od = (i / (p(9u) * p(8u))) % p(7u);
+    let co = (i / (p(9u) * p(8u) * p(7u))) % p(2u);
+    let n = i / (p(9u) * p(8u) * p(7u) * p(2u));
+    let cin = p(1u);
+    let id_ = p(4u);
+    let ih_ = p(5u);
+    let iw_ = p(6u);
+    let kd = p(10u);
+    let kh = p(11u);
+    let kw = p(12u);
+    var acc = select(0.0, C[co], p(3u) == 1u);
+    for (var ci = 0u; ci < cin; ci++) {
+        let ibase = (n * cin + ci) * id_ * ih_ * iw_;
+        let kbase = (co * cin + ci) * kd * kh * kw;
+        for (var z = 0u; z < kd; z++) {
+            let zi = i32(od * p(13u) + z * p(19u)) - i32(p(16u));
+            if (zi < 0 || zi >= i32(id_)) { continue; }
+            for (var y = 0u; y < kh; y++) {
+                let yi = i32(oh * p(14u) + y * p(20u)) - i32(p(17u));
+                if (yi < 0 || yi >= i32(ih_)) { continue; }
+                for (var x = 0u; x < kw; x++) {
+                    let xi = i32(ow * p(15u) + x * p(21u)) - i32(p(18u));
+                    if (xi < 0 || xi >= i32(iw_)) { continue; }
+                    acc = fma(A[ibase + (u32(zi) * ih_ + u32(yi)) * iw_ + u32(xi)],
+                              B[kbase + (z * kh + y) * kw + x], acc);
+                }
+            }
+        }
+    }
+    O[i] = acc;
+}
+
+// Gather along an axis of a contiguous [outer, len, inner] input with i32 indices B (q of them, negative from the
+// end, clamped): words 0 outputs, 4 outer, 5 len, 6 inner, 7 q. Output [outer, q, inner].
+@compute @workgroup_size(256)
+fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let i = gid(wg, nwg, li);
+    if (i >= p(0u)) { return; }
+    let len = p(5u);
+    let inner = p(6u);
+    let q = p(7u);
+    let j = i % inner;
+    let t = (i / inner) % q;
+    let o = i / (inner * q);
+    var idx = bitcast<i32>(B[t]);
+    if (idx < 0) { idx += i32(len); }
+    let k = u32(clamp(idx, 0, i32(len) - 1));
+    O[i] = A[(o * len + k) * inner + j];
+}
+
+// GatherND without batch dimensions: B holds q tuples of r i32 indices into the first r axes of A (contiguous,
+// their strides in words 8..13, their sizes in 14..19): words 0 outputs, 4 q, 5 r, 6 inner.
+@compute @workgroup_size(256)
+fn gather_nd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let i = gid(wg, nwg, li);
+    if (i >= p(0u)) { return; }
+    let r = p(5u);
+    let inner = p(6u);
+    let t = i / inner;
+    var o = i % inner;
+    for (var k = 0u; k < r; k++) {
+        let size = i32(p(14u + k));
+        var idx = bitcast<i32>(B[t * r + k]);
+        if (idx < 0) { idx += size; }
+        o += u32(clamp(idx, 0, size - 1)) * p(8u + k);
+    }
+    O[i] = A[o];
+}
