@@ -182,8 +182,8 @@ pub enum ModelsCommand {
 /// Which backends run the towers (`embed`, `models verify`, `bench`).
 #[derive(Debug, Clone, Args)]
 pub struct BackendArgs {
-    /// Backends, comma-separated: auto, tract, onnxruntime. `embed` takes one (default auto); `models verify` and
-    /// `bench` default to every backend that can run here.
+    /// Backends, comma-separated: auto, tract, onnxruntime, wgpu. `embed` takes one (default auto); `models verify`
+    /// and `bench` default to every backend that can run here.
     #[arg(long = "backend", value_delimiter = ',', value_name = "BACKEND", value_parser = parse_backend)]
     pub backends: Vec<Backend>,
     /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, else libonnxruntime.so on the loader's search path).
@@ -195,6 +195,12 @@ pub struct BackendArgs {
     /// Let ONNX Runtime's threads spin between calls (ONNX Runtime's own default; sensebind's is off).
     #[arg(long)]
     pub ort_spinning: bool,
+    /// wgpu: the adapter to use (part of its name, as `sensebind devices` lists it).
+    #[arg(long, value_name = "NAME")]
+    pub wgpu_adapter: Option<String>,
+    /// wgpu: linear-layer weights in f16 (adapters with shader-f16).
+    #[arg(long)]
+    pub wgpu_f16: bool,
 }
 
 /// `--mode` values.
@@ -232,6 +238,8 @@ impl BackendArgs {
             threads,
             onnxruntime: self.onnxruntime(),
             cache_dir: cache.map(|c| c.join("sensebind/tensorrt")),
+            wgpu_adapter: self.wgpu_adapter.clone(),
+            wgpu_f16: self.wgpu_f16,
             ..EngineOptions::default()
         }
     }

@@ -96,7 +96,11 @@ fn rows(m: Modality, clip: &[usize], n: usize) -> Tensor {
     let data = match input.data() {
         TensorData::F32(v) => TensorData::F32(
             (0..n)
-                .flat_map(|r| v[(r % 2) * per..(r % 2 + 1) * per].iter().map(move |x| x * (1.0 + r as f32 * 0.1)))
+                .flat_map(|r| {
+                    v[(r % 2) * per..(r % 2 + 1) * per]
+                        .iter()
+                        .map(move |x| x * (1.0 + r as f32 * 0.1))
+                })
                 .collect(),
         ),
         TensorData::I64(v) => TensorData::I64(
@@ -125,7 +129,10 @@ fn batches_of_1_to_5_give_the_same_rows_on_wgpu() {
         for n in 1..=5 {
             let part = gpu.encode(&rows(m, &clip, n)).unwrap();
             let diff = max_abs_diff(part.as_f32().unwrap(), &whole.as_f32().unwrap()[..n * dim]);
-            assert!(diff <= 1e-5, "{m}: batch {n} differs from its rows in a batch of 5 by {diff:e}");
+            assert!(
+                diff <= 1e-5,
+                "{m}: batch {n} differs from its rows in a batch of 5 by {diff:e}"
+            );
         }
     }
 }
@@ -145,7 +152,10 @@ fn nan_inputs_and_wrong_shapes_are_clear_errors_on_wgpu() {
     assert!(matches!(err, EncodeError::NonFinite { row: 1, index: 7, .. }), "{err}");
     let wrong = Tensor::from_f32(vec![1, 1, 128, 200], vec![0.0; 128 * 200]).unwrap();
     let err = gpu.encode(&wrong).unwrap_err().to_string();
-    assert!(err.contains("[B, 1, 128, 204]") && err.contains("[1, 1, 128, 200]"), "{err}");
+    assert!(
+        err.contains("[B, 1, 128, 204]") && err.contains("[1, 1, 128, 200]"),
+        "{err}"
+    );
     // The encoder still works after both.
     assert!(gpu.encode(&rows(Modality::Audio, &clip, 1)).is_ok());
 }
@@ -176,7 +186,16 @@ fn without_any_vulkan_driver_wgpu_fails_clearly_and_auto_falls_through() {
     let input = tiny().join("selftest/depth.input.npy");
     let run = |backend: &str| {
         Command::new(env!("CARGO_BIN_EXE_sensebind"))
-            .args(["embed", "--modality", "depth", "--backend", backend, "--log", "info", "--out"])
+            .args([
+                "embed",
+                "--modality",
+                "depth",
+                "--backend",
+                backend,
+                "--log",
+                "info",
+                "--out",
+            ])
             .arg(tmp.path().join(format!("{backend}.npy")))
             .arg(&input)
             // The Vulkan loader finds no driver: the machine has no adapter at all.
@@ -193,7 +212,10 @@ fn without_any_vulkan_driver_wgpu_fails_clearly_and_auto_falls_through() {
     let auto = run("auto");
     let stderr = String::from_utf8_lossy(&auto.stderr);
     assert!(auto.status.success(), "{stderr}");
-    assert!(stderr.contains("Backend auto: not wgpu: no Vulkan adapter found"), "{stderr}");
+    assert!(
+        stderr.contains("Backend auto: not wgpu: no Vulkan adapter found"),
+        "{stderr}"
+    );
     assert!(tmp.path().join("auto.npy").exists());
 }
 
@@ -257,4 +279,31 @@ text = "a dog barking"
         r(&sources["mic"].source.windows_scored_total),
         r(&enc.windows_encoded_total)
     );
+}
+
+#[test]
+fn f16_weights_stay_within_the_measured_error_of_pytorch() {
+    let dir = ModelDir::open(&tiny()).unwrap();
+    let half = EngineOptions {
+        wgpu_f16: true,
+        ..options(Backend::Wgpu)
+    };
+    for m in Modality::ALL {
+        let gpu = engine::load(ModelSource::Dir(&dir), m, &half).unwrap();
+        // lavapipe has shader-f16 (`sensebind devices`), so the weights really are f16 here.
+        assert_eq!(gpu.backend(), "wgpu-f16");
+        let input = npy::read(&tiny().join(format!("selftest/{m}.input.npy"))).unwrap();
+        let torch = npy::read(&tiny().join(format!("selftest/{m}.output.npy"))).unwrap();
+        let got = embed(gpu.as_ref(), &input, 16).unwrap();
+        let (a, b) = (got.as_f32().unwrap(), torch.as_f32().unwrap());
+        let err = max_abs_diff(a, b);
+        // Measured on lavapipe: max-abs 2.5e-5 (vision) to 7.9e-4 (audio, norm 20); cosine ≥ 0.9999998.
+        assert!(err > 1e-6, "{m}: f16 weights changed nothing ({err:e}): are they f16?");
+        assert!(err <= 2e-3, "{m}: f16 weights vs PyTorch {err:e}");
+        let dim = a.len() / got.shape()[0];
+        for (x, y) in a.chunks(dim).zip(b.chunks(dim)) {
+            let c = sensebind::encode::verify::cosine(x, y);
+            assert!(c >= 0.99999, "{m}: cosine {c}");
+        }
+    }
 }

@@ -228,6 +228,7 @@ fn load_wgpu(
         adapter: options.wgpu_adapter.clone(),
         batch_plans,
         verify_checksum: options.verify_checksum,
+        f16_weights: options.wgpu_f16,
     };
     if let ModelSource::Dir(dir) = source
         && dir.tower(modality).is_ok_and(|t| t.precision == Precision::Int8)

@@ -175,6 +175,8 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// The wgpu adapter to use (part of its name), if not the best one.
     pub wgpu_adapter: Option<String>,
+    /// wgpu: linear-layer weights in f16 where the adapter has `shader-f16`.
+    pub wgpu_f16: bool,
 }
 
 impl Default for EngineOptions {
@@ -189,6 +191,7 @@ impl Default for EngineOptions {
             cache_dir: None,
             max_batch: 4,
             wgpu_adapter: None,
+            wgpu_f16: false,
         }
     }
 }
@@ -250,6 +253,9 @@ pub struct WgpuConfig {
     /// Part of the adapter's name (case-insensitive; `sensebind devices` lists them). Unset: the best adapter —
     /// discrete, integrated, virtual, then (for `backend = "wgpu"` only) a CPU implementation such as lavapipe.
     pub adapter: Option<String>,
+    /// Store the linear layers' weights as f16 on adapters with `shader-f16` (half their memory; arithmetic stays
+    /// f32; embeddings move by about 1e-3, docs/gpu.md). Without `shader-f16` the weights stay f32, with a warning.
+    pub f16: bool,
 }
 
 /// `[models.towers]`: one optional table per modality.
@@ -310,6 +316,7 @@ impl ModelsConfig {
             cache_dir: Some(state_dir.join("tensorrt")),
             max_batch: self.max_batch,
             wgpu_adapter: self.wgpu.adapter.clone(),
+            wgpu_f16: self.wgpu.f16,
         }
     }
 }

@@ -218,8 +218,8 @@ impl Parsed {
 
     /// The graph for batches of `batch` rows lowered to wgpu kernel launches.
     #[cfg(feature = "wgpu")]
-    pub fn lowered(&self, batch: usize) -> anyhow::Result<super::wgpu::plan::Program> {
-        super::wgpu::plan::lower(&self.decluttered(batch)?)
+    pub fn lowered(&self, batch: usize, f16_weights: bool) -> anyhow::Result<super::wgpu::plan::Program> {
+        super::wgpu::plan::lower(&self.decluttered(batch)?, f16_weights)
     }
 }
 

@@ -15,6 +15,10 @@ pub const DEFAULT_TOLERANCE: f32 = 1e-5;
 /// the numbers, so a max-abs tolerance does not apply; docs/models.md "int8").
 pub const INT8_MIN_COSINE: f32 = 0.99;
 
+/// The self-test of a tower run with f16 weights (`wgpu-f16`): every row's cosine to the stored f32 output at
+/// least this (measured on the tiny towers: docs/gpu.md).
+pub const F16_MIN_COSINE: f32 = 0.999;
+
 /// The outcome of one tower's check.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TowerCheck {
@@ -106,7 +110,13 @@ fn check_tower(dir: &ModelDir, modality: Modality, options: &EngineOptions) -> T
             check.min_cosine = Some(result.min_cosine);
             check.rows = result.rows;
             let (err, cos) = (result.max_abs_error, result.min_cosine);
+            let half = backend.ends_with("-f16");
             (check.passed, check.detail) = match precision {
+                Precision::F32 if half && cos >= F16_MIN_COSINE => (true, format!("ok (f16 weights: cosine {cos:.5})")),
+                Precision::F32 if half => (
+                    false,
+                    format!("f16 weights: cosine {cos:.5} to the f32 output is below {F16_MIN_COSINE}"),
+                ),
                 Precision::F32 if err <= tolerance => (true, "ok".into()),
                 Precision::F32 => (
                     false,

@@ -55,10 +55,14 @@ pub struct Gpu {
     queue: wgpu::Queue,
     adapter: AdapterSummary,
     layout: wgpu::BindGroupLayout,
-    pipelines: Vec<wgpu::ComputePipeline>,
+    /// By [`Kernel::ALL`] index; `None` for f16 kernels on an adapter without `shader-f16`.
+    pipelines: Vec<Option<wgpu::ComputePipeline>>,
     dummy: wgpu::Buffer,
     max_binding: u64,
 }
+
+const COMMON: &str = include_str!("common.wgsl");
+const MATMUL: &str = include_str!("matmul.wgsl");
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,9 +144,14 @@ fn open_new(hardware_only: bool, name: Option<&str>) -> Result<Gpu, String> {
         })?;
     let info = adapter.get_info();
     let limits = adapter.limits();
+    let f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("sensebind"),
-        required_features: wgpu::Features::empty(),
+        required_features: if f16 {
+            wgpu::Features::SHADER_F16
+        } else {
+            wgpu::Features::empty()
+        },
         required_limits: limits.clone(),
         experimental_features: wgpu::ExperimentalFeatures::disabled(),
         memory_hints: wgpu::MemoryHints::Performance,
@@ -153,9 +162,17 @@ fn open_new(hardware_only: bool, name: Option<&str>) -> Result<Gpu, String> {
         tracing::error!(error = %e, "wgpu: uncaptured device error.");
     }));
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let source = [COMMON, include_str!("kernels.wgsl"), MATMUL].concat();
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("sensebind kernels"),
-        source: wgpu::ShaderSource::Wgsl(include_str!("kernels.wgsl").into()),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let module_f16 = f16.then(|| {
+        let source = [include_str!("matmul_f16.wgsl"), COMMON, MATMUL].concat();
+        device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("sensebind f16-weight kernels"),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        })
     });
     let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
         binding,
@@ -194,14 +211,18 @@ fn open_new(hardware_only: bool, name: Option<&str>) -> Result<Gpu, String> {
     let pipelines = Kernel::ALL
         .iter()
         .map(|k| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            let module = match k {
+                Kernel::MatmulW16 => module_f16.as_ref()?,
+                _ => &module,
+            };
+            Some(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(k.entry()),
                 layout: Some(&pipeline_layout),
-                module: &module,
+                module,
                 entry_point: Some(k.entry()),
                 compilation_options: Default::default(),
                 cache: None,
-            })
+            }))
         })
         .collect();
     let dummy = device.create_buffer(&wgpu::BufferDescriptor {
@@ -244,6 +265,11 @@ impl Gpu {
     /// The adapter this device runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.adapter
+    }
+
+    /// Whether shaders may use f16 here (`shader-f16`).
+    pub fn shader_f16(&self) -> bool {
+        self.pipelines.iter().all(Option::is_some)
     }
 
     fn buffer(&self, label: &str, words: usize, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, String> {
@@ -375,7 +401,11 @@ impl Gpu {
                 layout: &self.layout,
                 entries: &entries,
             });
-            let pipeline = Kernel::ALL.iter().position(|k| *k == step.kernel).unwrap_or(0);
+            let pipeline = Kernel::ALL
+                .iter()
+                .position(|k| *k == step.kernel)
+                .filter(|&i| self.pipelines[i].is_some())
+                .ok_or_else(|| format!("the {:?} kernel is not available on this adapter", step.kernel))?;
             launches.push((pipeline, group, step.workgroups));
         }
         let output = bound[output_storage]
@@ -415,7 +445,10 @@ impl Gpu {
                 timestamp_writes: None,
             });
             for (pipeline, group, [x, y, z]) in &plan.launches {
-                pass.set_pipeline(&self.pipelines[*pipeline]);
+                let Some(pipeline) = &self.pipelines[*pipeline] else {
+                    return Err("a plan uses a kernel this adapter lacks".into());
+                };
+                pass.set_pipeline(pipeline);
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(*x, *y, *z);
             }
@@ -454,6 +487,8 @@ pub struct WgpuEncoder {
     /// Plans by ascending batch size; a plan serves one call at a time.
     plans: Vec<Mutex<Plan>>,
     sizes: Vec<usize>,
+    /// Weights stored as f16.
+    f16: bool,
 }
 
 impl std::fmt::Debug for WgpuEncoder {
@@ -477,6 +512,8 @@ pub struct WgpuOptions {
     pub batch_plans: Vec<usize>,
     /// Check the ONNX file's sha256 against the manifest before loading.
     pub verify_checksum: bool,
+    /// Store the linear layers' weights as f16 (f32 arithmetic) where the adapter has `shader-f16`.
+    pub f16_weights: bool,
 }
 
 impl WgpuEncoder {
@@ -521,10 +558,14 @@ impl WgpuEncoder {
         if sizes.is_empty() {
             sizes.push(1);
         }
+        let f16 = options.f16_weights && gpu.shader_f16();
+        if options.f16_weights && !f16 {
+            tracing::warn!(adapter = %gpu.adapter, modality = %modality, "This adapter has no shader-f16: the weights stay f32.");
+        }
         let mut consts = HashMap::new();
         let mut plans = Vec::with_capacity(sizes.len());
         for &b in &sizes {
-            let program = catch_unwind(AssertUnwindSafe(|| parsed.lowered(b)))
+            let program = catch_unwind(AssertUnwindSafe(|| parsed.lowered(b, f16)))
                 .map_err(|panic| load_err(format!("lowering panicked: {}", panic_message(&panic))))?
                 .map_err(|e| load_err(format!("{e:#}")))?;
             let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -554,6 +595,7 @@ impl WgpuEncoder {
             gpu,
             plans,
             sizes,
+            f16,
         })
     }
 
@@ -616,6 +658,6 @@ impl Encoder for WgpuEncoder {
     }
 
     fn backend(&self) -> &'static str {
-        "wgpu"
+        if self.f16 { "wgpu-f16" } else { "wgpu" }
     }
 }

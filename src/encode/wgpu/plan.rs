@@ -117,6 +117,8 @@ pub enum Kernel {
     RowsStrided,
     /// Batched strided matrix product.
     Matmul,
+    /// The same with f16 weights (B) — needs the adapter's `shader-f16`.
+    MatmulW16,
     /// Direct convolution.
     Conv,
     /// Gather along an axis.
@@ -127,7 +129,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, in pipeline order.
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::Copy,
         Kernel::Map,
         Kernel::Zip,
@@ -138,6 +140,7 @@ impl Kernel {
         Kernel::Conv,
         Kernel::Gather,
         Kernel::GatherNd,
+        Kernel::MatmulW16,
     ];
 
     /// The WGSL entry point.
@@ -149,7 +152,7 @@ impl Kernel {
             Kernel::Reduce => "reduce",
             Kernel::Rows => "rows",
             Kernel::RowsStrided => "rows_strided",
-            Kernel::Matmul => "matmul",
+            Kernel::Matmul | Kernel::MatmulW16 => "matmul",
             Kernel::Conv => "conv",
             Kernel::Gather => "gather",
             Kernel::GatherNd => "gather_nd",
@@ -212,8 +215,10 @@ struct Lowering<'m> {
     input: Option<(usize, Dt)>,
 }
 
-/// Lowers `model` (decluttered, one input, one f32 output, every dimension concrete).
-pub fn lower(model: &TypedModel) -> anyhow::Result<Program> {
+/// Lowers `model` (decluttered, one input, one f32 output, every dimension concrete). With `f16_weights`, constant
+/// matrices read only as the B operand of matrix products (the linear layers' weights) are stored as f16 and read
+/// by [`Kernel::MatmulW16`].
+pub fn lower(model: &TypedModel, f16_weights: bool) -> anyhow::Result<Program> {
     let mut l = Lowering {
         model,
         storages: Vec::new(),
@@ -237,12 +242,58 @@ pub fn lower(model: &TypedModel) -> anyhow::Result<Program> {
         l.materialize(&view, "output")?
     };
     let input = l.input.ok_or_else(|| anyhow::anyhow!("the graph has no input"))?;
-    Ok(Program {
+    let mut program = Program {
         storages: l.storages,
         steps: l.steps,
         input,
         output,
-    })
+    };
+    if f16_weights {
+        weights_to_f16(&mut program);
+    }
+    Ok(program)
+}
+
+/// Stores as f16 the constants whose only readers are matrix products reading them as B.
+fn weights_to_f16(program: &mut Program) {
+    let mut only_b = vec![true; program.storages.len()];
+    let mut read_as_b = vec![false; program.storages.len()];
+    for step in &program.steps {
+        for (slot, s) in step.inputs.iter().enumerate() {
+            if let Some(s) = *s {
+                if step.kernel == Kernel::Matmul && slot == 1 {
+                    read_as_b[s] = true;
+                } else {
+                    only_b[s] = false;
+                }
+            }
+        }
+    }
+    let mut converted = vec![false; program.storages.len()];
+    for (i, storage) in program.storages.iter_mut().enumerate() {
+        let StorageKind::Const { words, key } = &mut storage.kind else {
+            continue;
+        };
+        if !(only_b[i] && read_as_b[i]) {
+            continue;
+        }
+        converted[i] = true;
+        let halves: Vec<u16> = words
+            .iter()
+            .map(|w| half::f16::from_f32(f32::from_bits(*w)).to_bits())
+            .collect();
+        *words = halves
+            .chunks(2)
+            .map(|pair| u32::from(pair[0]) | (u32::from(pair.get(1).copied().unwrap_or(0)) << 16))
+            .collect();
+        key.0.push_str("#f16");
+        storage.words = words.len().max(1);
+    }
+    for step in &mut program.steps {
+        if step.kernel == Kernel::Matmul && step.inputs[1].is_some_and(|s| converted[s]) {
+            step.kernel = Kernel::MatmulW16;
+        }
+    }
 }
 
 fn dt_of(dt: DatumType) -> anyhow::Result<Dt> {
