@@ -189,7 +189,7 @@ pub struct BackendArgs {
     /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, else libonnxruntime.so on the loader's search path).
     #[arg(long, value_name = "FILE")]
     pub ort_library: Option<PathBuf>,
-    /// ONNX Runtime execution providers in order of preference, comma-separated: tensorrt, cuda, cpu.
+    /// ONNX Runtime execution providers in order of preference, comma-separated: tensorrt, tensorrt-fp16, cuda, cpu.
     #[arg(long, value_delimiter = ',', default_value = "cpu", value_parser = ExecutionProviderConfig::from_name)]
     pub ort_providers: Vec<ExecutionProviderConfig>,
     /// Let ONNX Runtime's threads spin between calls (ONNX Runtime's own default; sensebind's is off).

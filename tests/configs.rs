@@ -153,12 +153,12 @@ execution_providers = [{ type = "cuda" }, { type = "cuda", device_id = 1 }]
     assert!(find("models.onnxruntime.execution_providers[1]").contains("cuda is listed twice"));
     assert_eq!(issues.len(), 3, "{issues:?}");
 
-    let unknown = text.replace("backend = \"tract\"", "backend = \"wgpu\"");
+    let unknown = text.replace("backend = \"tract\"", "backend = \"vulkan\"");
     let err = sensebind::config::parse(&unknown, &dir.path().join("c.toml"), dir.path())
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("wgpu") && err.contains("auto") && err.contains("onnxruntime"),
+        err.contains("vulkan") && err.contains("auto") && err.contains("onnxruntime") && err.contains("wgpu"),
         "{err}"
     );
 

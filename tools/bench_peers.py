@@ -9,7 +9,12 @@ PyTorch runs ImageBind's own modules (rebuilt from the manifest's architecture; 
 does not change the cost). Also prints the machine's measured sgemm peak (numpy/OpenBLAS) and each tower's
 analytic FLOPs per clip, for the roofline column.
 
+On a GPU (`--device cuda`, used by tools/gpu-check), the peers are `pytorch` (f32) and `pytorch-f16` (the tower
+and its float input in half precision), both eager on CUDA and synchronised around each call; the peak printed
+is cuBLAS's measured f32 and f16 GEMM rate on that card.
+
 Usage: python tools/bench_peers.py --model-dir scratch/huge --modalities audio,depth --batches 1,4 --threads 1,2
+       python tools/bench_peers.py --model-dir scratch/huge --device cuda --peers pytorch,pytorch-f16 --threads 1
 """
 
 from __future__ import annotations
@@ -80,13 +85,33 @@ def sgemm_peak(threads: int) -> float:
     return run()
 
 
-def measure(fn, secs: float, min_iters: int) -> list[float]:
+def gemm_peak_cuda(dtype) -> float:
+    """Measured GFLOP/s of a 4096^3 matmul with cuBLAS in `dtype`: the card's practical peak."""
+    import torch
+
+    a = torch.rand(4096, 4096, device="cuda", dtype=dtype)
+    b = torch.rand(4096, 4096, device="cuda", dtype=dtype)
+    best = float("inf")
+    for _ in range(10):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * 4096**3 / best / 1e9
+
+
+def measure(fn, secs: float, min_iters: int, sync=None) -> list[float]:
     fn()  # warm-up
+    if sync:
+        sync()
     samples = []
     start = time.perf_counter()
     while len(samples) < min_iters or (time.perf_counter() - start < secs and len(samples) < 200):
         t = time.perf_counter()
         fn()
+        if sync:
+            sync()
         samples.append((time.perf_counter() - t) * 1e3)
     return sorted(samples)
 
@@ -133,7 +158,8 @@ def main() -> int:
     ap.add_argument("--secs", type=float, default=5.0)
     ap.add_argument("--min-iters", type=int, default=5)
     ap.add_argument("--ort-spinning", type=int, default=0, help="1: let ONNX Runtime threads spin (its default)")
-    ap.add_argument("--peers", default="onnxruntime,pytorch")
+    ap.add_argument("--peers", default="onnxruntime,pytorch", help="onnxruntime, pytorch, pytorch-f16 (cuda only)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch runs")
     args = ap.parse_args()
 
     model_dir = Path(args.model_dir)
@@ -143,8 +169,22 @@ def main() -> int:
     threads_list = [int(t) for t in args.threads.split(",")]
     peers = args.peers.split(",")
 
-    for t in threads_list:
-        print(json.dumps({"sgemm_gflops": round(sgemm_peak(t), 1), "threads": t}), flush=True)
+    if args.device == "cuda":
+        import torch
+
+        print(
+            json.dumps(
+                {
+                    "gpu": torch.cuda.get_device_name(0),
+                    "cublas_f32_gflops": round(gemm_peak_cuda(torch.float32), 1),
+                    "cublas_f16_gflops": round(gemm_peak_cuda(torch.float16), 1),
+                }
+            ),
+            flush=True,
+        )
+    else:
+        for t in threads_list:
+            print(json.dumps({"sgemm_gflops": round(sgemm_peak(t), 1), "threads": t}), flush=True)
 
     for modality in args.modalities.split(","):
         tower = manifest["towers"][modality]
@@ -167,7 +207,8 @@ def main() -> int:
                     x = example(modality, tower["input_shape"], tower["input_dtype"], b)
                     s = measure(lambda: sess.run(None, {name: x}), args.secs, args.min_iters)
                     print(json.dumps(row("onnxruntime-py", model_name, modality, t, b, s)), flush=True)
-        if "pytorch" in peers:
+        torch_peers = [p for p in peers if p in ("pytorch", "pytorch-f16")]
+        if torch_peers:
             import torch
 
             import export_imagebind as ex
@@ -177,14 +218,26 @@ def main() -> int:
             for m, tw in manifest["towers"].items():
                 arch[m] = (tw["width"], tw["blocks"], tw["heads"])
             model = ex.build_model("random", arch, None)
-            tower_mod = ex.Tower(model, modality).eval()
-            for t in threads_list:
-                torch.set_num_threads(t)
-                for b in batches:
-                    x = torch.from_numpy(example(modality, tower["input_shape"], tower["input_dtype"], b))
-                    with torch.inference_mode():
-                        s = measure(lambda: tower_mod(x), args.secs, args.min_iters)
-                    print(json.dumps(row("pytorch", model_name, modality, t, b, s)), flush=True)
+            tower_mod = ex.Tower(model, modality).eval().to(args.device)
+            sync = torch.cuda.synchronize if args.device == "cuda" else None
+            for peer in torch_peers:
+                half = peer == "pytorch-f16"
+                if half and args.device != "cuda":
+                    continue
+                m = tower_mod.half() if half else tower_mod.float()
+                for t in threads_list:
+                    torch.set_num_threads(t)
+                    for b in batches:
+                        x = torch.from_numpy(example(modality, tower["input_shape"], tower["input_dtype"], b))
+                        x = x.to(args.device)
+                        if half and x.is_floating_point():
+                            x = x.half()
+                        with torch.inference_mode():
+                            s = measure(lambda: m(x), args.secs, args.min_iters, sync)
+                        r = row(peer, model_name, modality, t, b, s)
+                        r["device"] = args.device
+                        r["gflop_per_s"] = round(flops * b / (r["p50_ms"] / 1e3) / 1e9, 1)
+                        print(json.dumps(r), flush=True)
     return 0
 
 

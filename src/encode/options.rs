@@ -135,12 +135,13 @@ impl ExecutionProviderConfig {
         }
     }
 
-    /// A provider with default options, by name (`tensorrt`, `cuda`, `cpu`), for command-line flags.
+    /// A provider with default options, by name (`tensorrt`, `tensorrt-fp16`, `cuda`, `cpu`), for command-line
+    /// flags.
     pub fn from_name(name: &str) -> Result<Self, String> {
         match name {
-            "tensorrt" => Ok(Self::Tensorrt {
+            "tensorrt" | "tensorrt-fp16" => Ok(Self::Tensorrt {
                 device_id: 0,
-                fp16: false,
+                fp16: name == "tensorrt-fp16",
                 engine_cache: true,
                 options: BTreeMap::new(),
             }),
@@ -150,7 +151,7 @@ impl ExecutionProviderConfig {
             }),
             "cpu" => Ok(Self::Cpu {}),
             other => Err(format!(
-                "unknown execution provider {other:?}; expected tensorrt, cuda or cpu"
+                "unknown execution provider {other:?}; expected tensorrt, tensorrt-fp16, cuda or cpu"
             )),
         }
     }
@@ -464,10 +465,14 @@ mod tests {
         for name in ["tensorrt", "cuda", "cpu"] {
             assert_eq!(ExecutionProviderConfig::from_name(name).unwrap().name(), name);
         }
+        assert!(matches!(
+            ExecutionProviderConfig::from_name("tensorrt-fp16"),
+            Ok(ExecutionProviderConfig::Tensorrt { fp16: true, .. })
+        ));
         assert!(
             ExecutionProviderConfig::from_name("gpu")
                 .unwrap_err()
-                .contains("tensorrt, cuda or cpu")
+                .contains("tensorrt, tensorrt-fp16, cuda or cpu")
         );
     }
 }
