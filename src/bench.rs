@@ -37,8 +37,10 @@ impl Default for BenchOptions {
 pub struct BenchRow {
     /// The tower.
     pub modality: String,
-    /// The backend.
+    /// The backend (`wgpu-f16`: wgpu with f16 weights).
     pub backend: String,
+    /// The tower's weight precision in its manifest (`f32`, `int8`).
+    pub precision: String,
     /// Model id.
     pub model: String,
     /// Engine threads.
@@ -84,6 +86,7 @@ pub fn bench_encoder(
     Ok(BenchRow {
         modality: info.modality.to_string(),
         backend: encoder.backend().to_string(),
+        precision: "f32".into(),
         model: info.model_id.clone(),
         threads,
         batch,

@@ -1114,8 +1114,8 @@ fn bench_cmd(args: &BenchArgs) -> anyhow::Result<u8> {
     if !args.json {
         println!("model {} ({})", dir.manifest().name, dir_path.display());
         println!(
-            "{:<8} {:<11} {:>7} {:>5} {:>6} {:>10} {:>10} {:>10}",
-            "tower", "backend", "threads", "batch", "iters", "p50 ms", "p95 ms", "clips/s"
+            "{:<8} {:<11} {:<9} {:>7} {:>5} {:>6} {:>10} {:>10} {:>10}",
+            "tower", "backend", "precision", "threads", "batch", "iters", "p50 ms", "p95 ms", "clips/s"
         );
     }
     let backends = args.backends.to_compare();
@@ -1128,20 +1128,29 @@ fn bench_cmd(args: &BenchArgs) -> anyhow::Result<u8> {
                 continue;
             }
             for &threads in &args.threads {
+                // wgpu plans every benched batch size, so a batch of 8 is one call, not two of 4.
+                let mut batch_plans = args.batch_plans.clone();
+                if *backend == Backend::Wgpu {
+                    batch_plans.extend(args.batch.iter().copied());
+                }
                 let engine_options = EngineOptions {
-                    batch_plans: args.batch_plans.clone(),
+                    batch_plans,
+                    max_batch: args.batch.iter().copied().max().unwrap_or(1),
                     ..args.backends.options(*backend, threads)
                 };
                 let encoder = engine::load(ModelSource::Dir(&dir), modality, &engine_options)?;
+                let precision = dir.tower(modality).map_or("f32", |t| t.precision.as_str());
                 for &batch in &args.batch {
-                    let row = bench_encoder(encoder.as_ref(), batch.max(1), threads, &options)?;
+                    let mut row = bench_encoder(encoder.as_ref(), batch.max(1), threads, &options)?;
+                    row.precision = precision.to_owned();
                     if args.json {
                         println!("{}", serde_json::to_string(&row)?);
                     } else {
                         println!(
-                            "{:<8} {:<11} {:>7} {:>5} {:>6} {:>10.2} {:>10.2} {:>10.1}",
+                            "{:<8} {:<11} {:<9} {:>7} {:>5} {:>6} {:>10.2} {:>10.2} {:>10.1}",
                             row.modality,
                             row.backend,
+                            row.precision,
                             row.threads,
                             row.batch,
                             row.iters,

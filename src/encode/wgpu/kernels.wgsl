@@ -57,6 +57,9 @@ fn unary(x: f32, op: u32) -> f32 {
         case 8u: { return tanh(x); }
         case 9u: { return 1.0 / (1.0 + exp(-x)); }
         case 10u: { return log(x); }
+        case 11u: { return 0.5 * x * (1.0 + erf_(x * 0.70710678)); }
+        case 12u: { return x / (1.0 + exp(-x)); }
+        case 13u: { return 0.5 * x * (1.0 + tanh(0.7978845608 * (x + 0.044715 * x * x * x))); }
         default: { return x; }
     }
 }

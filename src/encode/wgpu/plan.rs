@@ -9,7 +9,7 @@
 //!
 //! An op outside the set below is a load error naming the op and node, never a wrong result:
 //! Const, Source, binary (add sub mul div max min pow) and unary maps (erf recip sqrt rsqrt square exp abs neg
-//! tanh sigmoid ln), Reduce (sum max min argmax argmin mean-of-squares prod), Softmax, RmsNorm, EinSum (f32),
+//! tanh sigmoid ln, exact and tanh GELU, SiLU), Reduce (sum max min argmax argmin mean-of-squares prod), Softmax, RmsNorm, EinSum (f32),
 //! AxisOp, Slice, MultiBroadcastTo, TypedConcat, Gather, GatherNd (no batch dims), Conv (groups of 1, NCHW), Cast
 //! between integer types or to the same type.
 
@@ -619,6 +619,9 @@ impl Lowering<'_> {
             "Tanh" => 8,
             "Sigmoid" => 9,
             "Ln" => 10,
+            "GeluExact" => 11,
+            "Silu" => 12,
+            "GeluApproximate" => 13,
             other => anyhow::bail!("unary op {other} is not supported"),
         };
         anyhow::ensure!(dt == Dt::F32, "integer maps are not supported");
