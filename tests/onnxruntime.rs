@@ -229,7 +229,8 @@ fn auto_falls_back_to_tract_and_says_why() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("\"backend\":\"tract\""), "{all}");
     assert_eq!(
-        all.matches("Backend auto: using tract").count(),
+        all.matches("Backend auto: tract (ONNX Runtime is not available")
+            .count(),
         1,
         "logged once: {all}"
     );

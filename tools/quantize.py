@@ -47,7 +47,17 @@ def quantize(src: Path, dst: Path, per_channel: bool = False, preprocess: bool =
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             model_in = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(src), str(model_in), skip_symbolic_shape=True)
+            # A tower above protobuf's 2 GB limit (vision) keeps its weights in a `.data` file; the cleaned-up copy
+            # must then be written the same way, beside it, or the quantiser cannot load it.
+            external = has_external_data(src)
+            quant_pre_process(
+                str(src),
+                str(model_in),
+                skip_symbolic_shape=True,
+                save_as_external_data=external,
+                all_tensors_to_one_file=True,
+                external_data_location="pre.onnx.data",
+            )
         quantize_dynamic(
             str(model_in),
             str(dst),
@@ -57,6 +67,12 @@ def quantize(src: Path, dst: Path, per_channel: bool = False, preprocess: bool =
             extra_options={"MatMulConstBOnly": True},
         )
     onnx.checker.check_model(str(dst))
+
+
+def has_external_data(path: Path) -> bool:
+    """Whether the graph keeps any initialiser in an external data file."""
+    m = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
 
 
 def sha256_file(path: Path) -> str:

@@ -257,9 +257,13 @@ fn load_wgpu(
     })
 }
 
-/// The adapter wgpu would run on, or why there is none.
+/// The adapter wgpu would run on, or why there is none. For hardware only, a Linux machine without GPU device
+/// nodes is answered without starting the Vulkan loader.
 #[cfg(feature = "wgpu")]
 fn wgpu_status(options: &EngineOptions, hardware_only: bool) -> Result<String, String> {
+    if hardware_only && cfg!(target_os = "linux") && super::wgpu::gpu_device_nodes(Path::new("/dev")).is_empty() {
+        return Err("no GPU device node in /dev (dri/renderD*, nvidia*, nvgpu, nvhost-*)".into());
+    }
     super::wgpu::open(hardware_only, options.wgpu_adapter.as_deref()).map(|gpu| gpu.adapter().to_string())
 }
 

@@ -92,6 +92,37 @@ fn rank(t: wgpu::DeviceType) -> u8 {
     }
 }
 
+/// The GPU device nodes under `dev` (`/dev` on a real system): DRM render nodes, NVIDIA's desktop and Jetson
+/// nodes. A Linux machine with none has no hardware Vulkan adapter, so `auto` need not start the Vulkan loader
+/// (which initialises every installed driver, lavapipe's LLVM included) to find that out.
+pub fn gpu_device_nodes(dev: &Path) -> Vec<PathBuf> {
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir(dev.join("dri"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("renderD"))
+        })
+        .collect();
+    nodes.extend(
+        std::fs::read_dir(dev)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with("nvidia") || n == "nvgpu" || n.starts_with("nvhost-") || n == "nvmap"
+                })
+            }),
+    );
+    nodes.sort();
+    nodes
+}
+
 type GpuCache = Mutex<HashMap<(bool, Option<String>), Arc<Gpu>>>;
 static GPUS: std::sync::OnceLock<GpuCache> = std::sync::OnceLock::new();
 
@@ -659,5 +690,39 @@ impl Encoder for WgpuEncoder {
 
     fn backend(&self) -> &'static str {
         if self.f16 { "wgpu-f16" } else { "wgpu" }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_device_nodes_are_render_nodes_and_nvidia_nodes() {
+        let dev = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let touch = |rel: &str| {
+            let p = dev.path().join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{e}"));
+            }
+            std::fs::write(p, b"").unwrap_or_else(|e| panic!("{e}"));
+        };
+        assert!(gpu_device_nodes(dev.path()).is_empty(), "an empty /dev");
+        for rel in ["null", "ttyS0", "video0", "dri/card0", "nvme0n1"] {
+            touch(rel);
+        }
+        assert!(
+            gpu_device_nodes(dev.path()).is_empty(),
+            "no GPU: a DRM card node alone is display, not compute"
+        );
+        touch("dri/renderD128");
+        touch("nvidia0");
+        touch("nvhost-ctrl");
+        let found: Vec<String> = gpu_device_nodes(dev.path())
+            .iter()
+            .filter_map(|p| p.strip_prefix(dev.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(found, ["dri/renderD128", "nvhost-ctrl", "nvidia0"]);
     }
 }
