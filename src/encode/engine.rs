@@ -186,13 +186,16 @@ fn load_onnxruntime(
     })
 }
 
+/// An encoder and the GPU provider it runs on.
+type OnGpu = (Arc<dyn Encoder>, &'static str);
+
 /// ONNX Runtime with the configured providers; `None` when only its CPU provider started.
 #[cfg(feature = "onnxruntime")]
 fn load_onnxruntime_gpu(
     source: ModelSource<'_>,
     modality: Modality,
     options: &EngineOptions,
-) -> Result<Option<(Arc<dyn Encoder>, &'static str)>, EncodeError> {
+) -> Result<Option<OnGpu>, EncodeError> {
     use super::onnxruntime::OrtEncoder;
     let encoder = match source {
         ModelSource::Dir(dir) => OrtEncoder::from_model_dir(dir, modality, options)?,
@@ -209,7 +212,7 @@ fn load_onnxruntime_gpu(
     _source: ModelSource<'_>,
     _modality: Modality,
     _options: &EngineOptions,
-) -> Result<Option<(Arc<dyn Encoder>, &'static str)>, EncodeError> {
+) -> Result<Option<OnGpu>, EncodeError> {
     Ok(None)
 }
 

@@ -213,7 +213,7 @@ impl Parsed {
             }
             _ => self.typed.clone(),
         };
-        Ok(typed.into_decluttered()?)
+        typed.into_decluttered()
     }
 
     /// The graph for batches of `batch` rows lowered to wgpu kernel launches.

@@ -276,7 +276,7 @@ fn open_new(hardware_only: bool, name: Option<&str>) -> Result<Gpu, String> {
         layout,
         pipelines,
         dummy,
-        max_binding: u64::from(limits.max_storage_buffer_binding_size),
+        max_binding: limits.max_storage_buffer_binding_size,
     })
 }
 
@@ -487,9 +487,10 @@ impl Gpu {
         encoder.copy_buffer_to_buffer(&plan.output, plan.output_offset, &plan.readback, 0, plan.output_bytes);
         self.queue.submit([encoder.finish()]);
         let slice = plan.readback.slice(..plan.output_bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
+        // One message: the mapping's result (a full channel cannot happen; a dropped receiver is ignored).
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
+            tx.send(r).ok();
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
