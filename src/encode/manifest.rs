@@ -285,6 +285,29 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), EncodeError> {
             path: path.to_path_buf(),
         });
     }
+    verify_sha256_in(path, expected, cache_root().as_deref())
+}
+
+/// The user's cache folder: `$XDG_CACHE_HOME`, else `~/.cache`.
+fn cache_root() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+}
+
+/// [`verify_sha256`] remembering verified files under `cache` (`None`: hash every time).
+fn verify_sha256_in(path: &Path, expected: &str, cache: Option<&Path>) -> Result<(), EncodeError> {
+    let memo = cache.and_then(|c| checksum_memo(c, path));
+    if memo.as_ref().is_some_and(|(file, stamp)| {
+        std::fs::read_to_string(file).is_ok_and(|s| s.trim().eq_ignore_ascii_case(&format!("{stamp} {expected}")))
+    }) {
+        return Ok(());
+    }
     let actual = sha256_file(path)?;
     if !actual.eq_ignore_ascii_case(expected) {
         return Err(EncodeError::Checksum {
@@ -293,12 +316,93 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), EncodeError> {
             actual,
         });
     }
+    if let Some((file, stamp)) = memo {
+        // Best effort: without a writable cache the next start hashes again.
+        let written = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&file, format!("{stamp} {actual}\n")));
+        if let Err(e) = written {
+            tracing::debug!(file = %file.display(), error = %e, "Cannot record a verified checksum.");
+        }
+    }
     Ok(())
+}
+
+/// Where a verified checksum of `path` is remembered, and the file's identity it is valid for: device, inode,
+/// size, and modification and change times in nanoseconds. Any write to the file, a replacement or a `touch`
+/// /// changes the change time, so a stale memo never matches and the file is hashed again. This spares a 345 MB
+/// tower's 0.39 s of hashing at every `sensebind embed` (docs/BENCHMARKS.md "Start-up of one `sensebind embed`").
+/// Memos live in `<cache>/sensebind/verified`; `None` on systems without inode numbers.
+fn checksum_memo(cache: &Path, path: &Path) -> Option<(PathBuf, String)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let canonical = std::fs::canonicalize(path).ok()?;
+        let m = std::fs::metadata(&canonical).ok()?;
+        // A file changed in the last two seconds is not remembered: on a file system with coarse timestamps a
+        // second change within the same tick would keep the stamp (git's "racily clean" problem).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if m.ctime() + 2 > now || m.mtime() + 2 > now {
+            return None;
+        }
+        let stamp = format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        );
+        let key = hex(&Sha256::digest(canonical.as_os_str().as_encoded_bytes()));
+        Some((cache.join("sensebind/verified").join(key), stamp))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (cache, path);
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verified_checksum_is_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let p = dir.path().join("tower.onnx");
+        std::fs::write(&p, b"abc").unwrap();
+        let good = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        verify_sha256_in(&p, good, Some(&cache)).unwrap();
+        assert!(
+            !cache.exists(),
+            "a file changed in the last two seconds is not remembered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        verify_sha256_in(&p, good, Some(&cache)).unwrap();
+        let memos: Vec<_> = std::fs::read_dir(cache.join("sensebind/verified")).unwrap().collect();
+        assert_eq!(memos.len(), 1, "the verified file is remembered");
+        // Remembered: the same file verifies, a different expectation does not ride on the memo.
+        verify_sha256_in(&p, good, Some(&cache)).unwrap();
+        assert!(matches!(
+            verify_sha256_in(&p, &"0".repeat(64), Some(&cache)),
+            Err(EncodeError::Checksum { .. })
+        ));
+        // Same size, new content: the memo no longer matches and the mismatch is found.
+        std::fs::write(&p, b"abd").unwrap();
+        assert!(checksum_memo(&cache, &p).is_none(), "just changed");
+        let err = verify_sha256_in(&p, good, Some(&cache)).unwrap_err();
+        assert!(matches!(err, EncodeError::Checksum { .. }), "{err}");
+        // Without a cache every call hashes.
+        std::fs::write(&p, b"abc").unwrap();
+        verify_sha256_in(&p, good, None).unwrap();
+    }
 
     #[test]
     fn sha256_matches_known_vector() {
