@@ -392,6 +392,22 @@ fn pad_rows<T: Copy>(rows: &[T], row_len: usize, n: usize) -> Vec<T> {
     v
 }
 
+/// A backend's `[rows, output_dim]` output as a tensor, after checking every value is finite (a non-finite value
+/// is an error naming its row). Each backend checks the output's shape itself, with what its engine reports.
+pub(crate) fn finite_output(info: &EncoderInfo, rows: usize, values: Vec<f32>) -> Result<Tensor, EncodeError> {
+    let dim = info.output_dim;
+    if let Some(pos) = values.iter().position(|x| !x.is_finite()) {
+        return Err(EncodeError::NonFiniteOutput {
+            model: info.model_id.clone(),
+            row: pos / dim.max(1),
+        });
+    }
+    Tensor::from_f32(vec![rows, dim], values).map_err(|e| EncodeError::Run {
+        model: info.model_id.clone(),
+        reason: e.to_string(),
+    })
+}
+
 /// Checks a batch against the encoder's input spec: shape, dtype and finiteness.
 pub fn check_batch(info: &EncoderInfo, batch: &Tensor) -> Result<(), EncodeError> {
     let shape = batch.shape();

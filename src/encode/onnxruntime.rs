@@ -265,13 +265,7 @@ impl OrtEncoder {
         let values = ran
             .map_err(|panic| run_err(format!("ONNX Runtime panicked: {}", panic_message(&panic))))?
             .map_err(run_err)?;
-        if let Some(pos) = values.iter().position(|x| !x.is_finite()) {
-            return Err(EncodeError::NonFiniteOutput {
-                model: self.info.model_id.clone(),
-                row: pos / dim.max(1),
-            });
-        }
-        Tensor::from_f32(vec![rows, dim], values).map_err(|e| run_err(e.to_string()))
+        super::finite_output(&self.info, rows, values)
     }
 }
 

@@ -148,13 +148,7 @@ impl TractEncoder {
                 output.shape()
             )));
         }
-        if let Some(pos) = values.iter().position(|x| !x.is_finite()) {
-            return Err(EncodeError::NonFiniteOutput {
-                model: self.info.model_id.clone(),
-                row: pos / dim.max(1),
-            });
-        }
-        Tensor::from_f32(vec![rows, dim], values.to_vec()).map_err(|e| run_err(e.to_string()))
+        super::finite_output(&self.info, rows, values.to_vec())
     }
 }
 

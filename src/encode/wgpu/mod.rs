@@ -658,13 +658,7 @@ impl WgpuEncoder {
                 out.len()
             )));
         }
-        if let Some(pos) = out.iter().position(|x| !x.is_finite()) {
-            return Err(EncodeError::NonFiniteOutput {
-                model: self.info.model_id.clone(),
-                row: pos / dim.max(1),
-            });
-        }
-        Tensor::from_f32(vec![rows, dim], out).map_err(|e| run_err(e.to_string()))
+        super::finite_output(&self.info, rows, out)
     }
 }
 
