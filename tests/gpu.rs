@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn devices_lists_the_vulkan_adapters_wgpu_finds() {
     let out = Command::new(env!("CARGO_BIN_EXE_sensebind"))
@@ -224,63 +226,11 @@ fn without_any_vulkan_driver_wgpu_fails_clearly_and_auto_falls_through() {
 #[test]
 fn the_daemon_runs_a_tower_on_wgpu() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let config = format!(
-        r#"
-[device]
-id = "gpu"
-[runtime]
-state_dir = {state:?}
-stats_interval_secs = 0
-[models]
-dir = {models:?}
-[models.towers.audio]
-backend = "wgpu"
-[mqtt]
-enabled = false
-[[sources]]
-type = "replay"
-name = "mic"
-modality = "audio"
-paths = [{bell:?}]
-window_secs = 1.0
-hop_secs = 0.5
-[[prompts]]
-id = "bell"
-text = "a bell ringing"
-[[prompts]]
-id = "dog"
-text = "a dog barking"
-"#,
-        state = tmp.path().join("state").display().to_string(),
-        models = tiny().display().to_string(),
-        bell = root.join("tests/fixtures/media/bell.oga").display().to_string(),
+    let models = format!(
+        "dir = {}\n[models.towers.audio]\nbackend = \"wgpu\"",
+        common::toml_str(&tiny())
     );
-    let path = tmp.path().join("gpu.toml");
-    std::fs::write(&path, config).unwrap();
-    let loaded = sensebind::config::load(&path).unwrap();
-    let options = sensebind::runtime::RunOptions {
-        duration: Some(std::time::Duration::from_secs(3)),
-        shutdown_timeout: std::time::Duration::from_secs(10),
-        ..Default::default()
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let summary = rt
-        .block_on(sensebind::runtime::run(&loaded, &options, std::future::pending()))
-        .unwrap();
-    let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let enc = &summary.metrics.encoders[&Modality::Audio];
-    assert_eq!(enc.backend.get().copied(), Some("wgpu"));
-    assert!(r(&enc.windows_encoded_total) >= 3, "{}", r(&enc.windows_encoded_total));
-    assert_eq!(r(&enc.windows_failed_total), 0);
-    let sources = summary.metrics.sources();
-    assert_eq!(
-        r(&sources["mic"].source.windows_scored_total),
-        r(&enc.windows_encoded_total)
-    );
+    assert_eq!(common::run_bell_offline(tmp.path(), &models), Some("wgpu"));
 }
 
 #[test]

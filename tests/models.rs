@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -533,57 +535,5 @@ fn the_daemon_runs_an_int8_tower() {
     let tmp = tempfile::tempdir().unwrap();
     let int8 = tmp.path().join("int8");
     tiny_with_int8_audio(&int8, "int8");
-    let config = format!(
-        r#"
-[device]
-id = "int8"
-[runtime]
-state_dir = {state:?}
-stats_interval_secs = 0
-[models]
-dir = {models:?}
-[mqtt]
-enabled = false
-[[sources]]
-type = "replay"
-name = "mic"
-modality = "audio"
-paths = [{bell:?}]
-window_secs = 1.0
-hop_secs = 0.5
-[[prompts]]
-id = "bell"
-text = "a bell ringing"
-[[prompts]]
-id = "dog"
-text = "a dog barking"
-"#,
-        state = tmp.path().join("state").display().to_string(),
-        models = int8.display().to_string(),
-        bell = root().join("tests/fixtures/media/bell.oga").display().to_string(),
-    );
-    let path = tmp.path().join("int8.toml");
-    std::fs::write(&path, config).unwrap();
-    let loaded = sensebind::config::load(&path).unwrap();
-    let options = sensebind::runtime::RunOptions {
-        duration: Some(std::time::Duration::from_secs(3)),
-        shutdown_timeout: std::time::Duration::from_secs(10),
-        ..Default::default()
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let summary = rt
-        .block_on(sensebind::runtime::run(&loaded, &options, std::future::pending()))
-        .unwrap();
-    let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let enc = &summary.metrics.encoders[&Modality::Audio];
-    assert!(r(&enc.windows_encoded_total) >= 3, "{}", r(&enc.windows_encoded_total));
-    assert_eq!(r(&enc.windows_failed_total), 0);
-    let sources = summary.metrics.sources();
-    assert_eq!(
-        r(&sources["mic"].source.windows_scored_total),
-        r(&enc.windows_encoded_total)
-    );
+    common::run_bell_offline(tmp.path(), &format!("dir = {}", common::toml_str(&int8)));
 }

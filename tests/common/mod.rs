@@ -1251,3 +1251,62 @@ impl Listener {
 pub fn longest_gap(times: &[Instant]) -> Duration {
     times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
 }
+
+/// Runs the daemon offline for 3 s on the bundled bell recording (an audio source `mic`, two prompts) with `models`
+/// as the `[models]` section's body (its `dir` and any other keys, tables after them), and checks that the audio
+/// tower encoded at least three windows, failed none and scored every one. Returns the backend it ran on.
+pub fn run_bell_offline(state: &Path, models: &str) -> Option<&'static str> {
+    let config = format!(
+        r#"
+[device]
+id = "bell"
+[runtime]
+state_dir = {state}
+stats_interval_secs = 0
+[models]
+{models}
+[mqtt]
+enabled = false
+[[sources]]
+type = "replay"
+name = "mic"
+modality = "audio"
+paths = [{bell}]
+window_secs = 1.0
+hop_secs = 0.5
+[[prompts]]
+id = "bell"
+text = "a bell ringing"
+[[prompts]]
+id = "dog"
+text = "a dog barking"
+"#,
+        state = toml_str(&state.join("state")),
+        bell = toml_str(&root().join("tests/fixtures/media/bell.oga")),
+    );
+    let path = state.join("bell.toml");
+    std::fs::write(&path, config).unwrap();
+    let loaded = sensebind::config::load(&path).unwrap();
+    let options = sensebind::runtime::RunOptions {
+        duration: Some(Duration::from_secs(3)),
+        shutdown_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt
+        .block_on(sensebind::runtime::run(&loaded, &options, std::future::pending()))
+        .unwrap();
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let enc = &summary.metrics.encoders[&sensebind::modality::Modality::Audio];
+    assert!(r(&enc.windows_encoded_total) >= 3, "{}", r(&enc.windows_encoded_total));
+    assert_eq!(r(&enc.windows_failed_total), 0);
+    let sources = summary.metrics.sources();
+    assert_eq!(
+        r(&sources["mic"].source.windows_scored_total),
+        r(&enc.windows_encoded_total)
+    );
+    enc.backend.get().copied()
+}
