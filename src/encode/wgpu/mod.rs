@@ -463,10 +463,10 @@ impl Gpu {
 }
 
 impl Gpu {
-    /// Runs `plan` on `words` (the input, already converted) and returns the output.
-    fn run(&self, plan: &Plan, words: &[u32]) -> Result<Vec<f32>, String> {
+    /// Runs `plan` on `input` (the input's 32-bit words as bytes) and returns the output.
+    fn run(&self, plan: &Plan, input: &[u8]) -> Result<Vec<f32>, String> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue.write_buffer(&plan.input, 0, bytemuck::cast_slice(words));
+        self.queue.write_buffer(&plan.input, 0, input);
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("encode") });
@@ -641,16 +641,21 @@ impl WgpuEncoder {
         if rows != plan.batch {
             return Err(run_err(format!("a batch of {rows} on the plan for {}", plan.batch)));
         }
-        let words: Vec<u32> = match (batch.data(), plan.input_dt) {
-            (TensorData::F32(v), Dt::F32) => v.iter().map(|x| x.to_bits()).collect(),
-            (TensorData::I64(v), Dt::I32) => v
-                .iter()
-                .map(|&x| i32::try_from(x).map(|i| i as u32))
-                .collect::<Result<_, _>>()
-                .map_err(|_| run_err("an integer input does not fit in i32".into()))?,
+        // f32 goes up as it is; token ids are narrowed to the kernels' i32.
+        let ids: Vec<i32>;
+        let input: &[u8] = match (batch.data(), plan.input_dt) {
+            (TensorData::F32(v), Dt::F32) => bytemuck::cast_slice(v),
+            (TensorData::I64(v), Dt::I32) => {
+                ids = v
+                    .iter()
+                    .map(|&x| i32::try_from(x))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| run_err("an integer input does not fit in i32".into()))?;
+                bytemuck::cast_slice(&ids)
+            }
             _ => return Err(run_err("the input's element type does not match the graph".into())),
         };
-        let out = self.gpu.run(&plan, &words).map_err(run_err)?;
+        let out = self.gpu.run(&plan, input).map_err(run_err)?;
         let dim = self.info.output_dim;
         if out.len() != rows * dim {
             return Err(run_err(format!(
